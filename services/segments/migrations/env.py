@@ -1,0 +1,5 @@
+from segments.models import Base
+
+from shared.migrate import run_env
+
+run_env(Base.metadata)

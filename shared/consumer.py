@@ -1,0 +1,252 @@
+"""Idempotent consumer: a message, its effects and its processed row commit in one transaction.
+
+Offsets are committed to Kafka only after the database commit; a redelivered message finds its
+(consumer, event_id) row and is skipped. A message that keeps failing is dead-lettered to
+`<topic>.dlq` (through the outbox, in the same transaction) and the consumer moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.envelope import Envelope, new_event
+from shared.outbox import OutgoingMessage, add_to_outbox
+from shared.tables import processed_messages
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+HandlerMap = Mapping[str, Sequence[Handler]]
+
+
+class PermanentError(Exception):
+    """The message can never be applied (bad data): dead-letter it without retrying."""
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def _is_infrastructure_error(error: BaseException) -> bool:
+    """Database or network trouble: retry the whole batch later rather than dead-letter."""
+    if isinstance(error, sa_exc.DBAPIError):
+        return bool(error.connection_invalidated) or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return isinstance(error, ConnectionError | OSError | TimeoutError)
+
+
+class IdempotentConsumer:
+    def __init__(
+        self,
+        *,
+        name: str,
+        topics: Sequence[str],
+        handlers: HandlerMap,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        bootstrap_servers: str,
+        batch_size: int = 500,
+        max_attempts: int = 3,
+        retry_backoff_seconds: float = 0.2,
+        max_message_bytes: int = 1_048_576,
+    ) -> None:
+        self.name = name
+        self.topics = list(topics)
+        self.handlers = handlers
+        self.sessionmaker = sessionmaker
+        self.bootstrap_servers = bootstrap_servers
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.retry_backoff_seconds = retry_backoff_seconds
+        self.max_message_bytes = max_message_bytes
+        self.running = False
+        self.applied_total = 0
+        self.dead_lettered_total = 0
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.name,
+            client_id=f"{self.name}-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.batch_size,
+        )
+
+    async def run(self) -> None:
+        """Consume until cancelled; restarts the Kafka client with backoff on broker errors."""
+        backoff = 0.5
+        while True:
+            self._consumer = self._new_consumer()
+            try:
+                await self._consumer.start()
+                self.running = True
+                backoff = 0.5
+                await self._consume(self._consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Tansu can answer UNKNOWN_MEMBER_ID under rebalance churn: rejoin and go on.
+                log.exception("consumer failed, restarting", extra={"consumer": self.name})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                self.running = False
+                await self._stop_client()
+
+    async def _stop_client(self) -> None:
+        if self._consumer is not None:
+            try:
+                await self._consumer.stop()
+            except Exception:
+                log.warning("consumer stop failed", extra={"consumer": self.name}, exc_info=True)
+            self._consumer = None
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+            if not batch:
+                continue
+            try:
+                await self.apply_batch(batch)
+            except Exception as error:
+                if not _is_infrastructure_error(error):
+                    raise
+                log.warning("database unavailable, will redeliver batch", extra={"consumer": self.name})
+                for tp, records in batch.items():
+                    consumer.seek(tp, records[0].offset)
+                await asyncio.sleep(1.0)
+                continue
+            await self._commit_offsets(consumer, batch)
+
+    async def _commit_offsets(
+        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as error:
+            # Partitions moved in a rebalance; the new owner redelivers and the processed rows skip.
+            log.warning("offset commit failed", extra={"consumer": self.name, "error": repr(error)})
+
+    async def apply_batch(self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]) -> None:
+        """Apply a fetched batch in one database transaction."""
+        async with self.sessionmaker() as session, session.begin():
+            for tp, records in batch.items():
+                for record in records:
+                    await self.apply_record(session, tp.topic, record)
+
+    async def apply_record(self, session: AsyncSession, topic: str, record: ConsumerRecord[Any, Any]) -> None:
+        try:
+            event = Envelope.decode(record.value)
+        except (ValueError, ValidationError) as error:
+            await self._dead_letter(session, topic, record, None, f"not a valid event envelope: {error}")
+            return
+        handlers = self.handlers.get(event.type)
+        if not handlers:
+            return  # This service does not act on this event type.
+        if not await self._claim(session, event.id):
+            return  # Already applied: a redelivery changes nothing.
+        await self._apply_with_retries(session, topic, record, event, handlers)
+
+    async def _claim(self, session: AsyncSession, event_id: str) -> bool:
+        result = await session.execute(
+            insert(processed_messages)
+            .values(consumer=self.name, event_id=event_id)
+            .on_conflict_do_nothing()
+            .returning(processed_messages.c.event_id)
+        )
+        return result.first() is not None
+
+    async def _apply_with_retries(
+        self,
+        session: AsyncSession,
+        topic: str,
+        record: ConsumerRecord[Any, Any],
+        event: Envelope,
+        handlers: Sequence[Handler],
+    ) -> None:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                async with session.begin_nested():
+                    for handler in handlers:
+                        await handler(session, event)
+                self.applied_total += 1
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if _is_infrastructure_error(error):
+                    raise
+                permanent = isinstance(error, PermanentError | ValidationError | ValueError | LookupError)
+                if permanent or attempt == self.max_attempts:
+                    reason = f"{type(error).__name__}: {error}"
+                    await self._dead_letter(session, topic, record, event, reason, attempts=attempt)
+                    return
+                log.warning(
+                    "handler failed, retrying",
+                    extra={
+                        "consumer": self.name,
+                        "event_id": event.id,
+                        "attempt": attempt,
+                        "error": repr(error),
+                    },
+                )
+                await asyncio.sleep(self.retry_backoff_seconds * attempt)
+
+    async def _dead_letter(
+        self,
+        session: AsyncSession,
+        topic: str,
+        record: ConsumerRecord[Any, Any],
+        event: Envelope | None,
+        reason: str,
+        attempts: int = 1,
+    ) -> None:
+        raw = record.value.decode("utf-8", errors="replace") if record.value else None
+        key = record.key.decode("utf-8", errors="replace") if record.key else ""
+        letter = new_event(
+            type="message.dead_lettered",
+            source=self.name,
+            subject=key or "unknown",
+            data={
+                "consumer": self.name,
+                "topic": topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "event_id": event.id if event else None,
+                "event_type": event.type if event else None,
+                "reason": reason[:4000],
+                "attempts": attempts,
+                "original": raw[: self.max_message_bytes // 2] if raw else None,
+                "failed_at": datetime.now(UTC).isoformat(),
+            },
+        )
+        if event is not None:
+            await session.execute(
+                processed_messages.update()
+                .where(processed_messages.c.consumer == self.name)
+                .where(processed_messages.c.event_id == event.id)
+                .values(outcome="dead_letter")
+            )
+        await add_to_outbox(
+            session,
+            [OutgoingMessage(dead_letter_topic(topic), key or "unknown", letter)],
+            max_message_bytes=self.max_message_bytes,
+        )
+        self.dead_lettered_total += 1
+        log.error(
+            "message dead-lettered",
+            extra={"consumer": self.name, "topic": topic, "offset": record.offset, "reason": reason[:500]},
+        )

@@ -1,0 +1,215 @@
+"""Transactional outbox: events are rows written in the business transaction; a relay publishes them.
+
+The relay never relies on a high-water mark (a row with a lower id may commit after a higher one):
+it always selects rows still in state 'pending', so a late commit is picked up on the next pass.
+Rows are marked 'published' only after the broker acknowledged them (acks=all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from shared.envelope import Envelope
+from shared.migrations import OUTBOX_CHANNEL
+from shared.tables import outbox
+
+log = logging.getLogger(__name__)
+
+
+class MessageTooLarge(ValueError):
+    """The encoded event is over the broker's message size limit (Tansu does not enforce it)."""
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    topic: str
+    key: str
+    envelope: Envelope
+
+
+def outbox_row(message: OutgoingMessage, max_message_bytes: int) -> dict[str, Any]:
+    payload = message.envelope.encode()
+    if len(payload) + len(message.key.encode()) > max_message_bytes:
+        raise MessageTooLarge(f"event {message.envelope.id} is {len(payload)} bytes, over {max_message_bytes}")
+    return {
+        "event_id": message.envelope.id,
+        "topic": message.topic,
+        "key": message.key,
+        "payload": payload.decode(),
+    }
+
+
+async def add_to_outbox(
+    session: AsyncSession, messages: Sequence[OutgoingMessage], *, max_message_bytes: int = 1_048_576
+) -> None:
+    """Write events in the caller's transaction; they are published once it commits."""
+    if messages:
+        await session.execute(insert(outbox), [outbox_row(m, max_message_bytes) for m in messages])
+
+
+def relay_lock_key(name: str) -> int:
+    """Advisory lock id: one active relay per database keeps per-key order."""
+    return zlib.crc32(f"outbox-relay:{name}".encode())
+
+
+class OutboxRelay:
+    """Publishes pending outbox rows in id order, with retries and backoff on failure."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        engine: AsyncEngine,
+        producer: AIOKafkaProducer,
+        listen_dsn: str,
+        batch_size: int = 1000,
+        poll_seconds: float = 0.5,
+        max_backoff_seconds: float = 30.0,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self.name = name
+        self.engine = engine
+        self.producer = producer
+        self.listen_dsn = listen_dsn
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.retention = retention
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self.published_total = 0
+
+    async def republish_retained(self) -> int:
+        """Mark every retained published row pending again (the embedded broker lost them)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(outbox)
+                .where(outbox.c.state == "published")
+                .where(outbox.c.published_at > func.now() - self.retention)
+                .values(state="pending", next_attempt_at=func.now())
+            )
+        count = int(result.rowcount or 0)
+        log.info("outbox rows queued for republishing", extra={"relay": self.name, "rows": count})
+        return count
+
+    async def run(self) -> None:
+        """Publish until cancelled; waits for NOTIFY or the poll interval when idle."""
+        await self._listen()
+        cleanup_every = max(1, int(60 / max(self.poll_seconds, 0.01)))
+        idle_rounds = 0
+        try:
+            while True:
+                try:
+                    published = await self.publish_batch()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("outbox relay pass failed", extra={"relay": self.name})
+                    published = 0
+                    await asyncio.sleep(min(self.max_backoff_seconds, 1.0))
+                if published >= self.batch_size:
+                    continue
+                idle_rounds += 1
+                if idle_rounds % cleanup_every == 0:
+                    await self._delete_expired()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+        finally:
+            await self._unlisten()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def publish_batch(self) -> int:
+        """One pass: publish up to batch_size pending rows; returns how many the broker acknowledged."""
+        async with self.engine.begin() as conn:
+            if not await self._is_leader(conn):
+                return 0
+            rows = (
+                await conn.execute(
+                    select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload, outbox.c.attempts)
+                    .where(outbox.c.state == "pending")
+                    .where(outbox.c.next_attempt_at <= func.now())
+                    .order_by(outbox.c.id)
+                    .limit(self.batch_size)
+                )
+            ).all()
+            if not rows:
+                return 0
+            sent = [
+                await self.producer.send(row.topic, value=row.payload.encode(), key=row.key.encode()) for row in rows
+            ]
+            results = await asyncio.gather(*sent, return_exceptions=True)
+            acked = [row.id for row, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
+            failed = [(row, res) for row, res in zip(rows, results, strict=True) if isinstance(res, BaseException)]
+            if acked:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(acked))
+                    .values(state="published", published_at=func.now(), last_error=None)
+                )
+            for row, error in failed:
+                await self._schedule_retry(conn, row.id, row.attempts, error)
+        self.published_total += len(acked)
+        return len(acked)
+
+    async def _is_leader(self, conn: AsyncConnection) -> bool:
+        # Transaction-scoped, so a crashed relay releases it with its connection.
+        result = await conn.execute(select(func.pg_try_advisory_xact_lock(relay_lock_key(self.name))))
+        return bool(result.scalar())
+
+    async def _schedule_retry(self, conn: AsyncConnection, row_id: int, attempts: int, error: BaseException) -> None:
+        backoff = min(self.max_backoff_seconds, 0.1 * 2**attempts)
+        log.warning(
+            "outbox publish failed, will retry",
+            extra={"relay": self.name, "outbox_id": row_id, "attempts": attempts + 1, "error": repr(error)},
+        )
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.id == row_id)
+            .values(
+                attempts=attempts + 1,
+                last_error=repr(error)[:2000],
+                next_attempt_at=func.now() + timedelta(seconds=backoff),
+            )
+        )
+
+    async def _delete_expired(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                outbox.delete()
+                .where(outbox.c.state == "published")
+                .where(outbox.c.published_at < func.now() - self.retention)
+            )
+
+    async def _listen(self) -> None:
+        try:
+            self._listener = await asyncpg.connect(self.listen_dsn)
+            await self._listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
+        except Exception:
+            # Polling still works without NOTIFY; only latency suffers.
+            log.warning("outbox LISTEN unavailable, polling only", extra={"relay": self.name}, exc_info=True)
+            self._listener = None
+
+    async def _unlisten(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+
+
+def asyncpg_dsn(sqlalchemy_url: str) -> str:
+    """asyncpg.connect() wants a plain postgresql:// URL."""
+    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)

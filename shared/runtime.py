@@ -1,0 +1,138 @@
+"""What a running service holds: database, Kafka producer, outbox relay, consumer and jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.auth import make_verifiers
+from shared.consumer import HandlerMap, IdempotentConsumer
+from shared.db import make_engine, make_sessionmaker
+from shared.outbox import OutboxRelay, asyncpg_dsn
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Job = Callable[["ServiceRuntime"], Coroutine[Any, Any, None]]
+
+
+def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
+    # Tansu has no InitProducerId: acks=all without idempotence; consumers dedupe instead.
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.service_name}-relay",
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=2,
+        max_request_size=settings.max_message_bytes + 65_536,
+        request_timeout_ms=15_000,
+    )
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        consumes: Sequence[str] = (),
+        handlers: HandlerMap | None = None,
+        jobs: Sequence[Job] = (),
+    ) -> None:
+        self.settings = settings
+        self.engine = make_engine(
+            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        )
+        self.sessionmaker: async_sessionmaker[AsyncSession] = make_sessionmaker(self.engine)
+        self.api_keys, self.customer_tokens = make_verifiers(settings, self.sessionmaker)
+        self.producer: AIOKafkaProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self.consumer: IdempotentConsumer | None = None
+        if consumes and settings.consumers_enabled:
+            self.consumer = IdempotentConsumer(
+                name=settings.service_name,
+                topics=consumes,
+                handlers=handlers or {},
+                sessionmaker=self.sessionmaker,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                batch_size=settings.consumer_batch_size,
+                max_attempts=settings.consumer_max_attempts,
+                retry_backoff_seconds=settings.consumer_retry_backoff_seconds,
+                max_message_bytes=settings.max_message_bytes,
+            )
+        self.jobs = list(jobs)
+        self.producer_ready = False
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run_relay(), name="outbox-relay"))
+        if self.consumer is not None:
+            self._tasks.append(asyncio.create_task(self.consumer.run(), name="consumer"))
+        for job in self.jobs:
+            self._tasks.append(asyncio.create_task(job(self), name=getattr(job, "__name__", "job")))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+            self.producer = None
+            self.producer_ready = False
+        await self.engine.dispose()
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        backoff = 0.5
+        while True:
+            producer = make_producer(self.settings)
+            try:
+                await producer.start()
+                self.producer, self.producer_ready = producer, True
+                return producer
+            except Exception as error:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                log.warning("broker unreachable, retrying", extra={"error": repr(error), "in_seconds": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _run_relay(self) -> None:
+        producer = await self._start_producer()
+        if not self.settings.relay_enabled:
+            return
+        self.relay = OutboxRelay(
+            name=self.settings.service_name,
+            engine=self.engine,
+            producer=producer,
+            listen_dsn=asyncpg_dsn(self.settings.database_url),
+            batch_size=self.settings.relay_batch_size,
+            poll_seconds=self.settings.relay_poll_seconds,
+            max_backoff_seconds=self.settings.relay_max_backoff_seconds,
+            retention=timedelta(hours=self.settings.outbox_retention_hours),
+        )
+        if self.settings.outbox_republish_on_start:
+            await self.relay.republish_retained()
+        await self.relay.run()
+
+    async def readiness(self) -> dict[str, bool]:
+        checks = {"database": False, "kafka": self.producer_ready, "consumers": True}
+        try:
+            async with self.engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("select 1")), timeout=2.0)
+            checks["database"] = True
+        except Exception:
+            log.warning("readiness: database unreachable", exc_info=True)
+        if self.consumer is not None:
+            checks["consumers"] = self.consumer.running
+        return checks

@@ -1,0 +1,60 @@
+"""Settings shared by every service; each service subclasses with its own env prefix."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_POSTGRES_PORT = 55432
+SERVICES = ("ingest", "profiles", "segments", "loyalty", "feedback")
+SERVICE_PORTS = {"ingest": 8001, "profiles": 8002, "segments": 8003, "loyalty": 8004, "feedback": 8005}
+
+
+def default_database_url(service: str) -> str:
+    """The database `make up` creates for a service on the embedded PostgreSQL."""
+    return f"postgresql+asyncpg://postgres@127.0.0.1:{EMBEDDED_POSTGRES_PORT}/{service}"
+
+
+def _platform(name: str) -> AliasChoices:
+    """A platform-wide setting read from one un-prefixed variable (CX_... or KAFKA_...)."""
+    return AliasChoices(name)
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclasses set env_prefix ("LOYALTY_") and the defaults."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    service_name: str = "service"
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias=_platform("KAFKA_BOOTSTRAP_SERVERS"))
+    topic_partitions: int = Field(6, validation_alias=_platform("CX_TOPIC_PARTITIONS"))
+    # Tansu does not enforce max.message.bytes, so producers check sizes themselves.
+    max_message_bytes: int = Field(1_048_576, validation_alias=_platform("CX_MAX_MESSAGE_BYTES"))
+
+    dev_api_key: str | None = Field(None, validation_alias=_platform("CX_DEV_API_KEY"))
+    jwt_secret: str | None = Field(None, validation_alias=_platform("CX_JWT_SECRET"))
+    jwt_public_key: str | None = Field(None, validation_alias=_platform("CX_JWT_PUBLIC_KEY"))
+    jwt_audience: str | None = Field(None, validation_alias=_platform("CX_JWT_AUDIENCE"))
+    api_key_cache_seconds: float = Field(30.0, validation_alias=_platform("CX_API_KEY_CACHE_SECONDS"))
+
+    log_level: str = Field("INFO", validation_alias=_platform("CX_LOG_LEVEL"))
+
+    relay_enabled: bool = True
+    relay_batch_size: int = Field(1000, validation_alias=_platform("CX_RELAY_BATCH_SIZE"))
+    relay_poll_seconds: float = Field(0.5, validation_alias=_platform("CX_RELAY_POLL_SECONDS"))
+    relay_max_backoff_seconds: float = Field(30.0, validation_alias=_platform("CX_RELAY_MAX_BACKOFF_SECONDS"))
+    outbox_retention_hours: float = Field(168.0, validation_alias=_platform("CX_OUTBOX_RETENTION_HOURS"))
+    # The embedded broker forgets everything on restart; `make up` turns this on so retained
+    # outbox rows are published again (idempotent consumers absorb the repeats).
+    outbox_republish_on_start: bool = Field(False, validation_alias=_platform("CX_OUTBOX_REPUBLISH_ON_START"))
+
+    consumers_enabled: bool = True
+    consumer_batch_size: int = Field(500, validation_alias=_platform("CX_CONSUMER_BATCH_SIZE"))
+    consumer_max_attempts: int = Field(3, validation_alias=_platform("CX_CONSUMER_MAX_ATTEMPTS"))
+    consumer_retry_backoff_seconds: float = Field(0.2, validation_alias=_platform("CX_CONSUMER_RETRY_BACKOFF"))

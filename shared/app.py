@@ -10,7 +10,7 @@ from typing import Any
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -133,7 +133,7 @@ def create_service_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title=title, description=description, lifespan=lifespan, default_response_class=ORJSONResponse)
+    app = FastAPI(title=title, description=description, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = settings
     app.include_router(health)

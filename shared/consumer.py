@@ -58,8 +58,10 @@ class IdempotentConsumer:
         max_attempts: int = 3,
         retry_backoff_seconds: float = 0.2,
         max_message_bytes: int = 1_048_576,
+        session_timeout_ms: int = 6000,
     ) -> None:
         self.name = name
+        self.session_timeout_ms = session_timeout_ms
         self.topics = list(topics)
         self.handlers = handlers
         self.sessionmaker = sessionmaker
@@ -82,6 +84,10 @@ class IdempotentConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
+            # Short timeouts: a member that vanished without leaving (SIGKILL) is replaced quickly.
+            session_timeout_ms=self.session_timeout_ms,
+            rebalance_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=max(100, self.session_timeout_ms // 10),
         )
 
     async def run(self) -> None:

@@ -17,16 +17,16 @@ def create_platform_tables_v1() -> None:
     op.create_index("outbox_published_at", "outbox", ["published_at"], postgresql_where="state = 'published'")
     # Wakes the relay the moment a transaction that wrote outbox rows commits.
     op.execute(
-        f"""
-        CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', ''); RETURN NULL; END $$;
-        CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
-        FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
-        """
+        f"""CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', ''); RETURN NULL; END $$"""
+    )
+    op.execute(
+        "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
     )
 
 
 def drop_platform_tables_v1() -> None:
-    op.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox; DROP FUNCTION IF EXISTS outbox_notify();")
+    op.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox")
+    op.execute("DROP FUNCTION IF EXISTS outbox_notify()")
     for name in ("api_keys", "processed_messages", "outbox"):
         op.drop_table(name)

@@ -66,6 +66,7 @@ class ServiceRuntime:
                 max_attempts=settings.consumer_max_attempts,
                 retry_backoff_seconds=settings.consumer_retry_backoff_seconds,
                 max_message_bytes=settings.max_message_bytes,
+                session_timeout_ms=settings.consumer_session_timeout_ms,
             )
         self.jobs = list(jobs)
         self.producer_ready = False
@@ -136,3 +137,25 @@ class ServiceRuntime:
         if self.consumer is not None:
             checks["consumers"] = self.consumer.running
         return checks
+
+
+def run_worker(runtime: ServiceRuntime) -> None:
+    """Run a service's background work without its HTTP API, until SIGINT or SIGTERM."""
+    import signal
+
+    from shared.logs import configure_logging
+
+    configure_logging(runtime.settings.service_name, runtime.settings.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await runtime.start()
+        try:
+            await stop.wait()
+        finally:
+            await runtime.stop()
+
+    asyncio.run(main())

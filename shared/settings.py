@@ -57,4 +57,5 @@ class ServiceSettings(BaseSettings):
     consumers_enabled: bool = True
     consumer_batch_size: int = Field(500, validation_alias=_platform("CX_CONSUMER_BATCH_SIZE"))
     consumer_max_attempts: int = Field(3, validation_alias=_platform("CX_CONSUMER_MAX_ATTEMPTS"))
+    consumer_session_timeout_ms: int = Field(6000, validation_alias=_platform("CX_CONSUMER_SESSION_TIMEOUT_MS"))
     consumer_retry_backoff_seconds: float = Field(0.2, validation_alias=_platform("CX_CONSUMER_RETRY_BACKOFF"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from feedback.config import FeedbackSettings
 from feedback.handlers import HANDLERS
-from shared.runtime import ServiceRuntime
+from shared.runtime import ServiceRuntime, run_worker
 from shared.topics import PRIVACY_ERASURES, SEGMENT_MEMBERSHIP
 
 CONSUMES = [SEGMENT_MEMBERSHIP, PRIVACY_ERASURES]
@@ -12,3 +12,7 @@ CONSUMES = [SEGMENT_MEMBERSHIP, PRIVACY_ERASURES]
 
 def build_runtime(settings: FeedbackSettings) -> ServiceRuntime:
     return ServiceRuntime(settings, consumes=CONSUMES, handlers=HANDLERS)
+
+
+if __name__ == "__main__":
+    run_worker(build_runtime(FeedbackSettings()))

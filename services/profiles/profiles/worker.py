@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from profiles.config import ProfilesSettings
 from profiles.handlers import HANDLERS
-from shared.runtime import ServiceRuntime
+from shared.runtime import ServiceRuntime, run_worker
 from shared.topics import (
     FEEDBACK_SUBMISSIONS,
     IDENTITIES,
@@ -28,3 +28,7 @@ CONSUMES = [
 
 def build_runtime(settings: ProfilesSettings) -> ServiceRuntime:
     return ServiceRuntime(settings, consumes=CONSUMES, handlers=HANDLERS)
+
+
+if __name__ == "__main__":
+    run_worker(build_runtime(ProfilesSettings()))

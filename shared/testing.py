@@ -117,7 +117,7 @@ async def rollback_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
             await transaction.rollback()
 
 
-async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 20.0, interval: float = 0.05) -> T:
+async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, interval: float = 0.05) -> T:
     """Poll until check() returns a truthy value; fail with the last value after the timeout."""
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -1,0 +1,262 @@
+"""`make up`: real PostgreSQL, a real Kafka-protocol broker and all five services, on this machine.
+
+Uses the embedded servers from PyPI unless KAFKA_BOOTSTRAP_SERVERS / <SERVICE>_DATABASE_URL
+point at existing ones. Ctrl-C (or `make down`) stops everything; data stays under ./.data/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from shared.auth import issue_customer_token
+from shared.devstack import EmbeddedBroker, EmbeddedPostgres
+from shared.migrate import upgrade
+from shared.settings import EMBEDDED_POSTGRES_PORT, SERVICE_PORTS, SERVICES
+from shared.topics import create_all
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("CX_DATA_DIR", ROOT / ".data"))
+PIDFILE = DATA / "up.pid"
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+    @property
+    def port(self) -> int:
+        return int(self.env.get(f"{self.name.upper()}_PORT", SERVICE_PORTS[self.name]))
+
+    def start(self) -> None:
+        self.log = self.log or open(self.log_path, "ab")  # noqa: SIM115 - kept open while the service runs
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"{self.name}.main"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self.started_at = time.monotonic()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        if self.log:
+            self.log.close()
+            self.log = None
+
+
+def credentials() -> tuple[str, str]:
+    """The dev API key and JWT secret: from the environment, else generated once and kept in .data."""
+    path = DATA / "dev-credentials.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    key = os.environ.get("CX_DEV_API_KEY") or stored.get("api_key") or "cx_dev_" + secrets.token_urlsafe(32)
+    secret = os.environ.get("CX_JWT_SECRET") or stored.get("jwt_secret") or secrets.token_urlsafe(32)
+    path.write_text(json.dumps({"api_key": key, "jwt_secret": secret}))
+    path.chmod(0o600)
+    return key, secret
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except Exception:
+        return False
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+class Platform:
+    def __init__(self) -> None:
+        self.postgres: EmbeddedPostgres | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.services: list[ServiceProcess] = []
+        self.stopping = False
+
+    def start_infrastructure(self) -> tuple[dict[str, str], str]:
+        urls = {s: os.environ.get(f"{s.upper()}_DATABASE_URL", "") for s in SERVICES}
+        if not all(urls.values()):
+            port = int(os.environ.get("CX_POSTGRES_PORT", EMBEDDED_POSTGRES_PORT))
+            say(f"• PostgreSQL (embedded) on 127.0.0.1:{port}, data in {DATA / 'postgres'}")
+            self.postgres = EmbeddedPostgres(DATA / "postgres", port)
+            self.postgres.start()
+            self.postgres.ensure_databases([s for s in SERVICES if not urls[s]])
+            urls = {s: urls[s] or self.postgres.url(s) for s in SERVICES}
+        else:
+            say("• PostgreSQL: using the <SERVICE>_DATABASE_URL databases")
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        if not bootstrap:
+            port = int(DEFAULT_BOOTSTRAP.rsplit(":", 1)[1])
+            say(f"• Kafka-protocol broker (embedded Tansu, in memory) on 127.0.0.1:{port}")
+            self.broker = EmbeddedBroker(port, log_path=DATA / "logs" / "broker.log")
+            self.broker.start()
+            bootstrap = self.broker.bootstrap
+        else:
+            say(f"• Kafka: using {bootstrap}")
+        asyncio.run(create_all(bootstrap, int(os.environ.get("CX_TOPIC_PARTITIONS", "6"))))
+        say("• topics created")
+        for service in SERVICES:
+            upgrade(service, urls[service])
+        say("• migrations applied (one Alembic history per service)")
+        return urls, bootstrap
+
+    def start_services(self, urls: dict[str, str], bootstrap: str, api_key: str, jwt_secret: str) -> None:
+        base = os.environ | {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "CX_DEV_API_KEY": api_key,
+            "CX_JWT_SECRET": jwt_secret,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.broker is not None:
+            # The embedded broker forgot everything: publish the retained outbox again.
+            base["CX_OUTBOX_REPUBLISH_ON_START"] = "true"
+        for name in SERVICES:
+            env = base | {f"{name.upper()}_DATABASE_URL": urls[name]}
+            service = ServiceProcess(name, env, DATA / "logs" / f"{name}.log")
+            service.start()
+            self.services.append(service)
+
+    def wait_until_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {s.name for s in self.services}
+        while pending and time.monotonic() < deadline:
+            for service in self.services:
+                if service.name in pending and ready(service.port):
+                    pending.discard(service.name)
+                    say(f"  ✓ {service.name:<9} http://127.0.0.1:{service.port}  ready")
+            time.sleep(0.2)
+        for name in sorted(pending):
+            say(f"  ✗ {name:<9} not ready after {timeout:.0f}s — see {DATA / 'logs' / name}.log")
+
+    def supervise(self) -> None:
+        """Restart a service that exits on its own, with a growing pause."""
+        while not self.stopping:
+            for service in self.services:
+                if service.process and service.process.poll() is not None and not self.stopping:
+                    service.restarts += 1
+                    pause = min(30, 2**service.restarts)
+                    say(f"  ! {service.name} exited ({service.process.returncode}); restarting in {pause}s")
+                    time.sleep(pause)
+                    service.start()
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.stopping = True
+        say("\nstopping services…")
+        for service in reversed(self.services):
+            service.stop()
+        if self.broker:
+            self.broker.stop()
+        if self.postgres:
+            self.postgres.stop()
+        PIDFILE.unlink(missing_ok=True)
+        say("stopped.")
+
+
+def print_banner(api_key: str, jwt_secret: str) -> None:
+    token = issue_customer_token("customer-1", jwt_secret, ttl_seconds=30 * 86_400)
+    say(
+        f"""
+Customer platform is up.
+  ingest   http://127.0.0.1:8001/docs      profiles http://127.0.0.1:8002/docs
+  segments http://127.0.0.1:8003/docs      loyalty  http://127.0.0.1:8004/docs
+  feedback http://127.0.0.1:8005/docs
+
+Development API key (every scope):   {api_key}
+Sample customer token (sub=customer-1, 30 days):
+  {token}
+
+Try:
+  curl -s -X POST http://127.0.0.1:8001/v1/purchases -H "Authorization: Bearer {api_key}" \\
+    -H 'Content-Type: application/json' -d '{{"event_id":"e-1","order_id":"o-1","customer_id":"customer-1",
+    "occurred_at":"{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}","currency":"USD",
+    "items":[{{"sku":"MUG","quantity":2,"unit_price":"19.90"}}],"total":"39.80"}}'
+  curl -s http://127.0.0.1:8004/v1/me -H "Authorization: Bearer {token[:16]}…"
+
+Logs: {DATA / "logs"}/<service>.log     Stop: Ctrl-C or `make down`
+"""
+    )
+
+
+def down() -> None:
+    if not PIDFILE.exists():
+        say("nothing is running (no .data/up.pid)")
+        return
+    pid = int(PIDFILE.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        PIDFILE.unlink(missing_ok=True)
+        say("the platform was not running")
+        return
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            say("stopped.")
+            return
+        time.sleep(0.1)
+    say(f"process {pid} is still stopping")
+
+
+def up() -> None:
+    (DATA / "logs").mkdir(parents=True, exist_ok=True)
+    if PIDFILE.exists():
+        try:
+            os.kill(int(PIDFILE.read_text()), 0)
+            sys.exit("the platform is already running (make down to stop it)")
+        except (ProcessLookupError, ValueError):
+            PIDFILE.unlink()
+    PIDFILE.write_text(str(os.getpid()))
+    platform = Platform()
+
+    def on_signal(signum: int, _: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        urls, bootstrap = platform.start_infrastructure()
+        api_key, jwt_secret = credentials()
+        platform.start_services(urls, bootstrap, api_key, jwt_secret)
+        platform.wait_until_ready()
+        print_banner(api_key, jwt_secret)
+        platform.supervise()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        platform.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--down", action="store_true", help="stop a running `make up`")
+    if parser.parse_args().down:
+        down()
+    else:
+        up()
+
+
+if __name__ == "__main__":
+    main()

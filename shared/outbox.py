@@ -149,10 +149,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            sent = [
-                await self.producer.send(row.topic, value=row.payload.encode(), key=row.key.encode()) for row in rows
-            ]
-            results = await asyncio.gather(*sent, return_exceptions=True)
+            results = await asyncio.gather(*[await self._send(row) for row in rows], return_exceptions=True)
             acked = [row.id for row, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
             failed = [(row, res) for row, res in zip(rows, results, strict=True) if isinstance(res, BaseException)]
             if acked:
@@ -165,6 +162,17 @@ class OutboxRelay:
                 await self._schedule_retry(conn, row.id, row.attempts, error)
         self.published_total += len(acked)
         return len(acked)
+
+    async def _send(self, row: Any) -> asyncio.Future[Any]:
+        """Queue one row; a row the producer refuses outright fails alone instead of blocking the batch."""
+        try:
+            future: asyncio.Future[Any] = await self.producer.send(
+                row.topic, value=row.payload.encode(), key=row.key.encode()
+            )
+        except Exception as error:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(error)
+        return future
 
     async def _is_leader(self, conn: AsyncConnection) -> bool:
         # Transaction-scoped, so a crashed relay releases it with its connection.

@@ -1,0 +1,124 @@
+"""The idempotent consumer's rules, applied to real records on the real database."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.consumer import IdempotentConsumer, PermanentError
+from shared.envelope import Envelope, new_event
+from shared.tables import outbox, processed_messages
+from shared.testing import TestPlatform
+
+TOPIC = "test.things.v1"
+PARTITION = TopicPartition(TOPIC, 0)
+
+
+def record(value: bytes, offset: int = 0) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(TOPIC, 0, offset, 0, 0, b"cus-1", value, None, len(b"cus-1"), len(value), ())
+
+
+def event(kind: str = "thing.happened") -> Envelope:
+    return new_event(type=kind, source="test", subject="cus-1", data={"n": 1})
+
+
+def consumer(engine: AsyncEngine, handlers: dict[str, Any]) -> IdempotentConsumer:
+    return IdempotentConsumer(
+        name=f"test-{uuid.uuid4().hex[:8]}",
+        topics=[TOPIC],
+        handlers=handlers,
+        sessionmaker=async_sessionmaker(engine),
+        bootstrap_servers="unused:0",
+        retry_backoff_seconds=0.0,
+    )
+
+
+async def dead_letters(engine: AsyncEngine, consumer_name: str) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(outbox.c.payload)
+            .where(outbox.c.topic == f"{TOPIC}.dlq")
+            .where(outbox.c.payload.contains(consumer_name))
+        )
+        return [row.payload for row in rows]
+
+
+async def test_redelivered_message_is_applied_once(platform: TestPlatform) -> None:
+    calls: list[str] = []
+
+    async def count(session: AsyncSession, event: Envelope) -> None:
+        calls.append(event.id)
+
+    engine = platform.engine("feedback")
+    worker = consumer(engine, {"thing.happened": [count]})
+    message = event()
+    for offset in range(3):
+        await worker.apply_batch({PARTITION: [record(message.encode(), offset)]})
+    assert calls == [message.id]
+
+
+async def test_transient_failure_is_retried_then_applied(platform: TestPlatform) -> None:
+    attempts: list[int] = []
+
+    async def flaky(session: AsyncSession, event: Envelope) -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError("try again")
+
+    engine = platform.engine("feedback")
+    worker = consumer(engine, {"thing.happened": [flaky]})
+    await worker.apply_batch({PARTITION: [record(event().encode())]})
+    assert len(attempts) == 3 and worker.applied_total == 1
+    assert await dead_letters(engine, worker.name) == []
+
+
+async def test_failing_message_is_dead_lettered_and_the_next_applied(platform: TestPlatform) -> None:
+    applied: list[str] = []
+
+    async def picky(session: AsyncSession, event: Envelope) -> None:
+        if event.data.get("n") == 1:
+            raise PermanentError("n=1 cannot be applied")
+        applied.append(event.id)
+
+    engine = platform.engine("feedback")
+    worker = consumer(engine, {"thing.happened": [picky]})
+    poison, good = event(), new_event(type="thing.happened", source="t", subject="cus-1", data={"n": 2})
+    await worker.apply_batch({PARTITION: [record(poison.encode(), 0), record(good.encode(), 1)]})
+    assert applied == [good.id]
+    letters = await dead_letters(engine, worker.name)
+    assert len(letters) == 1 and "n=1 cannot be applied" in letters[0] and poison.id in letters[0]
+    async with engine.connect() as conn:
+        outcome = await conn.scalar(
+            select(processed_messages.c.outcome).where(processed_messages.c.event_id == poison.id)
+        )
+    assert outcome == "dead_letter"
+
+
+async def test_handler_effects_roll_back_when_it_fails(platform: TestPlatform) -> None:
+    """A failed attempt leaves nothing behind: the savepoint is rolled back before the retry."""
+    engine = platform.engine("feedback")
+    marker = f"effect-{uuid.uuid4().hex}"
+
+    async def half_done(session: AsyncSession, event: Envelope) -> None:
+        await session.execute(processed_messages.insert().values(consumer="effects", event_id=marker))
+        raise PermanentError("after the write")
+
+    worker = consumer(engine, {"thing.happened": [half_done]})
+    await worker.apply_batch({PARTITION: [record(event().encode())]})
+    async with engine.connect() as conn:
+        assert (
+            await conn.scalar(select(processed_messages.c.event_id).where(processed_messages.c.event_id == marker))
+            is None
+        )
+
+
+async def test_unknown_event_types_are_ignored_and_garbage_dead_lettered(platform: TestPlatform) -> None:
+    engine = platform.engine("feedback")
+    worker = consumer(engine, {})
+    await worker.apply_batch({PARTITION: [record(event("other.thing").encode()), record(b"{not json", 1)]})
+    letters = await dead_letters(engine, worker.name)
+    assert len(letters) == 1 and "not a valid event envelope" in letters[0]

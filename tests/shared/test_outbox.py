@@ -1,0 +1,138 @@
+"""The outbox relay on the real database and broker: order, late commits, failures and retries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.devstack import ensure_topics
+from shared.envelope import new_event
+from shared.outbox import MessageTooLarge, OutboxRelay, OutgoingMessage, add_to_outbox, asyncpg_dsn
+from shared.tables import outbox
+from shared.testing import TestPlatform, read_topic
+
+TOPIC = "test.outbox.v1"
+
+
+@pytest.fixture
+async def engine(platform: TestPlatform) -> AsyncEngine:
+    await ensure_topics(platform.bootstrap, {TOPIC: 1})
+    return platform.engine("feedback")  # any service database: the outbox table is the same
+
+
+@pytest.fixture
+async def kafka(platform: TestPlatform) -> AsyncIterator[AIOKafkaProducer]:
+    client = AIOKafkaProducer(bootstrap_servers=platform.bootstrap, acks="all", enable_idempotence=False)
+    await client.start()
+    yield client
+    await client.stop()
+
+
+def relay(engine: AsyncEngine, producer: AIOKafkaProducer, platform: TestPlatform) -> OutboxRelay:
+    return OutboxRelay(
+        name=f"test-{uuid.uuid4().hex}",
+        engine=engine,
+        producer=producer,
+        listen_dsn=asyncpg_dsn(platform.database_urls["feedback"]),
+        max_backoff_seconds=0.2,
+    )
+
+
+def message(tag: str, size: int = 10) -> OutgoingMessage:
+    return OutgoingMessage(
+        TOPIC, "cus-1", new_event(type="test.happened", source="t", subject="c", data={"tag": tag, "pad": "x" * size})
+    )
+
+
+async def drain(engine: AsyncEngine, producer: AIOKafkaProducer, platform: TestPlatform) -> None:
+    while await relay(engine, producer, platform).publish_batch():
+        pass
+
+
+async def states(engine: AsyncEngine, event_ids: list[str]) -> dict[str, str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(outbox.c.event_id, outbox.c.state).where(outbox.c.event_id.in_(event_ids)))
+        return {row.event_id: row.state for row in rows}
+
+
+async def test_row_committed_after_a_later_row_is_still_published(
+    engine: AsyncEngine, kafka: AIOKafkaProducer, platform: TestPlatform
+) -> None:
+    early, late = message("early"), message("late")
+    sessions = async_sessionmaker(engine)
+    async with sessions() as slow, slow.begin():
+        await add_to_outbox(slow, [early])  # takes the lower id, commits last
+        async with sessions() as fast, fast.begin():
+            await add_to_outbox(fast, [late])
+        await drain(engine, kafka, platform)
+        assert await states(engine, [late.envelope.id]) == {late.envelope.id: "published"}
+    await drain(engine, kafka, platform)
+    ids = [early.envelope.id, late.envelope.id]
+    assert await states(engine, ids) == dict.fromkeys(ids, "published")
+
+
+async def test_rows_are_published_in_commit_order_per_key(
+    engine: AsyncEngine, kafka: AIOKafkaProducer, platform: TestPlatform
+) -> None:
+    tags = [f"n{i}-{uuid.uuid4().hex[:6]}" for i in range(50)]
+    async with async_sessionmaker(engine)() as session, session.begin():
+        await add_to_outbox(session, [message(tag) for tag in tags])
+    await drain(engine, kafka, platform)
+    records = await read_topic(platform.bootstrap, TOPIC, expect=10_000, timeout=3)
+    seen = [tag for r in records for tag in tags if f'"{tag}"'.encode() in r.value]
+    assert seen == tags
+
+
+async def test_a_refused_row_is_retried_with_backoff_and_others_go_on(
+    engine: AsyncEngine, platform: TestPlatform, kafka: AIOKafkaProducer
+) -> None:
+    small = AIOKafkaProducer(
+        bootstrap_servers=platform.bootstrap, acks="all", enable_idempotence=False, max_request_size=2_000
+    )
+    await small.start()
+    big, fine = message("big", size=5_000), message("fine")
+    try:
+        async with async_sessionmaker(engine)() as session, session.begin():
+            await add_to_outbox(session, [big, fine])
+        await drain(engine, small, platform)
+    finally:
+        await small.stop()
+    assert await states(engine, [big.envelope.id, fine.envelope.id]) == {
+        big.envelope.id: "pending",
+        fine.envelope.id: "published",
+    }
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(outbox).where(outbox.c.event_id == big.envelope.id))).one()
+    assert row.attempts == 1 and "MessageSizeTooLarge" in row.last_error
+    assert row.next_attempt_at > row.created_at
+    async with engine.begin() as conn:  # skip the backoff wait
+        await conn.execute(update(outbox).where(outbox.c.id == row.id).values(next_attempt_at=row.created_at))
+    await drain(engine, kafka, platform)
+    assert await states(engine, [big.envelope.id]) == {big.envelope.id: "published"}
+
+
+async def test_event_over_the_size_limit_is_refused_at_write_time(engine: AsyncEngine) -> None:
+    async with AsyncSession(engine) as session:
+        with pytest.raises(MessageTooLarge):
+            await add_to_outbox(session, [message("huge", size=2_000)], max_message_bytes=1_000)
+
+
+async def test_retained_rows_are_republished_after_a_broker_restart(
+    engine: AsyncEngine, kafka: AIOKafkaProducer, platform: TestPlatform
+) -> None:
+    kept = message("kept")
+    async with async_sessionmaker(engine)() as session, session.begin():
+        await add_to_outbox(session, [kept])
+    await drain(engine, kafka, platform)
+    republisher = relay(engine, kafka, platform)
+    republisher.retention = timedelta(hours=1)
+    assert await republisher.republish_retained() >= 1
+    assert await states(engine, [kept.envelope.id]) == {kept.envelope.id: "pending"}
+    await drain(engine, kafka, platform)
+    assert await states(engine, [kept.envelope.id]) == {kept.envelope.id: "published"}

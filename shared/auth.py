@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -154,6 +155,37 @@ def _bearer(request: Request) -> str:
     return credentials.strip()
 
 
+@dataclass
+class RateLimiter:
+    """Token bucket per API key, per process: a burst of one second's allowance, then the steady rate."""
+
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def retry_after(self, key_id: str, per_second: int) -> float:
+        """0 when the request may go ahead (and is counted), else seconds until it may."""
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key_id, (float(per_second), now))
+        tokens = min(float(per_second), tokens + (now - last) * per_second)
+        if tokens >= 1.0:
+            self._buckets[key_id] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key_id] = (tokens, now)
+        return (1.0 - tokens) / per_second
+
+
+_rate_limiter = RateLimiter()
+
+
+def _enforce_rate_limit(principal: ApiKeyPrincipal) -> None:
+    if not principal.rate_limit_per_second:
+        return
+    wait = _rate_limiter.retry_after(principal.key_id, principal.rate_limit_per_second)
+    if wait > 0:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))}
+        )
+
+
 def require_scope(scope: str) -> Callable[[Request], Awaitable[ApiKeyPrincipal]]:
     """Dependency: a valid API key that carries `scope` (401 if missing or bad, 403 if lacking)."""
 
@@ -164,6 +196,7 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[ApiKeyPrincipal]]
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", _UNAUTHORIZED_HEADERS)
         if not principal.allows(scope):
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"API key lacks scope {scope}")
+        _enforce_rate_limit(principal)
         request.state.principal = principal
         return principal
 

@@ -30,6 +30,14 @@ Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 HandlerMap = Mapping[str, Sequence[Handler]]
 
 
+def merge_handlers(*maps: HandlerMap) -> dict[str, list[Handler]]:
+    merged: dict[str, list[Handler]] = {}
+    for handler_map in maps:
+        for event_type, handlers in handler_map.items():
+            merged.setdefault(event_type, []).extend(handlers)
+    return merged
+
+
 class PermanentError(Exception):
     """The message can never be applied (bad data): dead-letter it without retrying."""
 

@@ -13,11 +13,13 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.apikeys import API_KEY_HANDLERS
 from shared.auth import make_verifiers
-from shared.consumer import HandlerMap, IdempotentConsumer
+from shared.consumer import HandlerMap, IdempotentConsumer, merge_handlers
 from shared.db import make_engine, make_sessionmaker
 from shared.outbox import OutboxRelay, asyncpg_dsn
 from shared.settings import ServiceSettings
+from shared.topics import API_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,12 @@ class ServiceRuntime:
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: IdempotentConsumer | None = None
-        if consumes and settings.consumers_enabled:
+        if settings.consumers_enabled:
+            # Every service also keeps its copy of the API key hashes current.
             self.consumer = IdempotentConsumer(
                 name=settings.service_name,
-                topics=consumes,
-                handlers=handlers or {},
+                topics=[*consumes, API_KEYS],
+                handlers=merge_handlers(handlers or {}, API_KEY_HANDLERS),
                 sessionmaker=self.sessionmaker,
                 bootstrap_servers=settings.kafka_bootstrap_servers,
                 batch_size=settings.consumer_batch_size,
@@ -126,8 +129,18 @@ class ServiceRuntime:
             await self.relay.republish_retained()
         await self.relay.run()
 
+    async def _kafka_reachable(self) -> bool:
+        if self.producer is None or not self.producer_ready:
+            return False
+        client = self.producer.client
+        for broker in client.cluster.brokers():
+            with contextlib.suppress(Exception):
+                if await asyncio.wait_for(client.ready(broker.nodeId), timeout=2.0):
+                    return True
+        return False
+
     async def readiness(self) -> dict[str, bool]:
-        checks = {"database": False, "kafka": self.producer_ready, "consumers": True}
+        checks = {"database": False, "kafka": await self._kafka_reachable(), "consumers": True}
         try:
             async with self.engine.connect() as conn:
                 await asyncio.wait_for(conn.execute(text("select 1")), timeout=2.0)

@@ -14,6 +14,10 @@ LOYALTY_ACCOUNTS = "loyalty.accounts.v1"
 FEEDBACK_SUBMISSIONS = "feedback.submissions.v1"
 PRIVACY_ERASURES = "privacy.erasures.v1"
 
+# Internal topics (ours to design; documented in docs/events.md).
+API_KEYS = "ingest.apikeys.v1"  # apikey.issued / apikey.revoked: every service keeps a copy of the key hashes
+ERASURE_CONFIRMATIONS = {s: f"{s}.erasures.v1" for s in ("ingest", "profiles", "segments", "loyalty", "feedback")}
+
 CONTRACT_TOPICS = (
     PURCHASES,
     INTERACTIONS,
@@ -26,10 +30,14 @@ CONTRACT_TOPICS = (
 )
 
 
+INTERNAL_TOPICS = (API_KEYS, *ERASURE_CONFIRMATIONS.values())
+
+
 def all_topics(partitions: int = 6) -> dict[str, int]:
-    """Contract topics and their dead-letter topics (one partition is plenty for those)."""
-    topics = {name: partitions for name in CONTRACT_TOPICS}
-    topics.update({f"{name}.dlq": 1 for name in CONTRACT_TOPICS})
+    """Every topic and its dead-letter topic (one partition is plenty for those)."""
+    names = (*CONTRACT_TOPICS, *INTERNAL_TOPICS)
+    topics = {name: partitions for name in names}
+    topics.update({f"{name}.dlq": 1 for name in names})
     return topics
 
 

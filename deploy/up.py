@@ -29,7 +29,7 @@ from shared.topics import create_all
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CX_DATA_DIR", ROOT / ".data"))
 PIDFILE = DATA / "up.pid"
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+BROKER_PORT = int(os.environ.get("CX_BROKER_PORT", "9092"))
 
 
 @dataclass
@@ -108,9 +108,8 @@ class Platform:
             say("• PostgreSQL: using the <SERVICE>_DATABASE_URL databases")
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
         if not bootstrap:
-            port = int(DEFAULT_BOOTSTRAP.rsplit(":", 1)[1])
-            say(f"• Kafka-protocol broker (embedded Tansu, in memory) on 127.0.0.1:{port}")
-            self.broker = EmbeddedBroker(port, log_path=DATA / "logs" / "broker.log")
+            say(f"• Kafka-protocol broker (embedded Tansu, in memory) on 127.0.0.1:{BROKER_PORT}")
+            self.broker = EmbeddedBroker(BROKER_PORT, log_path=DATA / "logs" / "broker.log")
             self.broker.start()
             bootstrap = self.broker.bootstrap
         else:
@@ -175,25 +174,24 @@ class Platform:
         say("stopped.")
 
 
-def print_banner(api_key: str, jwt_secret: str) -> None:
+def print_banner(api_key: str, jwt_secret: str, ports: dict[str, int]) -> None:
     token = issue_customer_token("customer-1", jwt_secret, ttl_seconds=30 * 86_400)
+    urls = "\n".join(f"  {name:<9} http://127.0.0.1:{port}/docs" for name, port in ports.items())
     say(
         f"""
 Customer platform is up.
-  ingest   http://127.0.0.1:8001/docs      profiles http://127.0.0.1:8002/docs
-  segments http://127.0.0.1:8003/docs      loyalty  http://127.0.0.1:8004/docs
-  feedback http://127.0.0.1:8005/docs
+{urls}
 
 Development API key (every scope):   {api_key}
 Sample customer token (sub=customer-1, 30 days):
   {token}
 
 Try:
-  curl -s -X POST http://127.0.0.1:8001/v1/purchases -H "Authorization: Bearer {api_key}" \\
+  curl -s -X POST http://127.0.0.1:{ports["ingest"]}/v1/purchases -H "Authorization: Bearer {api_key}" \\
     -H 'Content-Type: application/json' -d '{{"event_id":"e-1","order_id":"o-1","customer_id":"customer-1",
     "occurred_at":"{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}","currency":"USD",
     "items":[{{"sku":"MUG","quantity":2,"unit_price":"19.90"}}],"total":"39.80"}}'
-  curl -s http://127.0.0.1:8004/v1/me -H "Authorization: Bearer {token[:16]}…"
+  curl -s http://127.0.0.1:{ports["loyalty"]}/v1/me -H "Authorization: Bearer {token[:16]}…"
 
 Logs: {DATA / "logs"}/<service>.log     Stop: Ctrl-C or `make down`
 """
@@ -241,7 +239,7 @@ def up() -> None:
         api_key, jwt_secret = credentials()
         platform.start_services(urls, bootstrap, api_key, jwt_secret)
         platform.wait_until_ready()
-        print_banner(api_key, jwt_secret)
+        print_banner(api_key, jwt_secret, {s.name: s.port for s in platform.services})
         platform.supervise()
     except KeyboardInterrupt:
         pass

@@ -1,0 +1,421 @@
+"""`make bench`: start the whole system on free ports, drive it from this separate process, print one table.
+
+Every figure is printed next to the machine limit it is bounded by, measured in the same run:
+a bare FastAPI endpoint, a raw COPY into PostgreSQL, a raw produce/consume on the broker.
+Results also go to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import Connection, LoadResult, run_load  # noqa: E402
+from shared.auth import issue_customer_token  # noqa: E402
+from shared.devstack import free_port  # noqa: E402
+from shared.settings import SERVICES  # noqa: E402
+
+Results = dict[str, Any]
+
+
+def configure_environment() -> Path:
+    data = ROOT / ".data" / "bench"
+    shutil.rmtree(data, ignore_errors=True)
+    os.environ["CX_DATA_DIR"] = str(data)
+    os.environ["CX_POSTGRES_PORT"] = str(free_port())
+    os.environ["CX_BROKER_PORT"] = str(free_port())
+    for service in SERVICES:
+        os.environ[f"{service.upper()}_PORT"] = str(free_port())
+    return data
+
+
+def purchase_body(customer: str, index: int, total: str = "25.00") -> dict[str, Any]:
+    return {
+        "event_id": f"bench-{uuid.uuid4().hex}",
+        "order_id": f"bench-ord-{uuid.uuid4().hex}",
+        "customer_id": customer,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "currency": "USD",
+        "items": [{"sku": f"SKU-{index % 97}", "category": f"cat-{index % 7}", "quantity": 1, "unit_price": total}],
+        "total": total,
+    }
+
+
+def dsn(service: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:{os.environ['CX_POSTGRES_PORT']}/{service}"
+
+
+def url(service: str) -> str:
+    return f"http://127.0.0.1:{os.environ[f'{service.upper()}_PORT']}"
+
+
+# ---- machine limits -------------------------------------------------------------------------
+
+
+async def bare_fastapi_limit(requests: int) -> Results:
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "bench" / "bare_app.py"), str(port))
+    try:
+        await _wait_port(port)
+        body = orjson.dumps(purchase_body("cus-bare", 0))
+        result = await run_load(f"http://127.0.0.1:{port}", lambda i: ("POST", "/v1/purchases", body), total=requests)
+        return result.summary()
+    finally:
+        server.terminate()
+        await server.wait()
+
+
+async def raw_copy_limit(rows: int) -> Results:
+    conn = await asyncpg.connect(dsn("ingest"))
+    try:
+        await conn.execute(
+            "create temp table copy_probe (source text, event_id text, kind text, customer_key text,"
+            " envelope_id text, occurred_at timestamptz, payload jsonb)"
+        )
+        now = datetime.now(UTC)
+        payload = orjson.dumps(purchase_body("cus-copy", 1)).decode()
+        records = [("bench", f"e{i}", "purchase", f"c{i % 1000}", str(uuid.uuid4()), now, payload) for i in range(rows)]
+        started = time.perf_counter()
+        await conn.copy_records_to_table("copy_probe", records=records)
+        seconds = time.perf_counter() - started
+        return {"rows": rows, "seconds": round(seconds, 3), "per_second": round(rows / seconds, 1)}
+    finally:
+        await conn.close()
+
+
+async def raw_broker_limit(bootstrap: str, messages: int) -> Results:
+    topic = f"bench.probe.{uuid.uuid4().hex[:6]}"
+    from shared.devstack import ensure_topics
+
+    await ensure_topics(bootstrap, {topic: 6})
+    value = orjson.dumps(purchase_body("cus-probe", 2))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=2)
+    await producer.start()
+    started = time.perf_counter()
+    futures = [await producer.send(topic, value, key=f"c{i % 997}".encode()) for i in range(messages)]
+    await asyncio.gather(*futures)
+    produce_seconds = time.perf_counter() - started
+    await producer.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    received, started = 0, time.perf_counter()
+    while received < messages and time.perf_counter() - started < 60:
+        batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+        received += sum(len(part) for part in batch.values())
+    consume_seconds = time.perf_counter() - started
+    await consumer.stop()
+    return {
+        "produce_per_second": round(messages / produce_seconds, 1),
+        "consume_per_second": round(received / consume_seconds, 1),
+        "messages": messages,
+    }
+
+
+# ---- the platform ---------------------------------------------------------------------------
+
+
+async def ingest_single(key: str, requests: int) -> Results:
+    bodies = [orjson.dumps(purchase_body(f"cus-single-{i % 5000}", i)) for i in range(requests)]
+    result = await run_load(
+        url("ingest"),
+        lambda i: ("POST", "/v1/purchases", bodies[i]),
+        total=requests,
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    return result.summary()
+
+
+async def ingest_batch(key: str, batches: int, size: int = 1000) -> Results | None:
+    if not await _has_path("ingest", "/v1/batch"):
+        return None
+    payloads = [
+        orjson.dumps(
+            {"events": [{"kind": "purchase", **purchase_body(f"cus-batch-{j % 20000}", j)} for j in range(size)]}
+        )
+        for _ in range(min(batches, 20))
+    ]
+    result = await run_load(
+        url("ingest"),
+        lambda i: ("POST", "/v1/batch", payloads[i % len(payloads)]),
+        total=batches,
+        connections=4,
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    summary = result.summary()
+    summary["events_per_second"] = round(result.per_second * size, 1)
+    return summary
+
+
+async def purchase_to_points(key: str, rate: float, seconds: float) -> Results:
+    """Open-loop purchases at a fixed rate; latency = ledger entry time - ingest acceptance time (one DB clock)."""
+    total = int(rate * seconds)
+    tag = uuid.uuid4().hex[:8]
+    bodies = [orjson.dumps(purchase_body(f"cus-lat-{tag}-{i}", i)) for i in range(total)]
+    await run_load(
+        url("ingest"),
+        lambda i: ("POST", "/v1/purchases", bodies[i]),
+        total=total,
+        connections=16,
+        rate_per_second=rate,
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    customers = [f"cus-lat-{tag}-{i}" for i in range(total)]
+    ingest_db, loyalty_db = await asyncpg.connect(dsn("ingest")), await asyncpg.connect(dsn("loyalty"))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            credited = await loyalty_db.fetchval(
+                "select count(*) from ledger_entries where customer_id = any($1::text[])", customers
+            )
+            if credited >= total:
+                break
+            await asyncio.sleep(0.5)
+        accepted = dict(
+            await ingest_db.fetch(
+                "select customer_key, received_at from ingested_events where customer_key = any($1::text[])", customers
+            )
+        )
+        earned = dict(
+            await loyalty_db.fetch(
+                "select customer_id, created_at from ledger_entries where customer_id = any($1::text[])", customers
+            )
+        )
+    finally:
+        await ingest_db.close()
+        await loyalty_db.close()
+    latencies = [(earned[c] - accepted[c]).total_seconds() * 1000 for c in customers if c in earned and c in accepted]
+    return {
+        "rate_per_second": rate,
+        "purchases": total,
+        "credited": len(latencies),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
+        "p95_ms": round(float(np.percentile(latencies, 95)), 1) if latencies else None,
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
+    }
+
+
+async def me_under_load(key: str, jwt_secret: str, requests: int) -> Results:
+    """GET /v1/me for many members while a steady purchase stream runs against ingest."""
+    members = await _member_ids(2000)
+    tokens = [issue_customer_token(m, jwt_secret).encode() for m in members] or [b""]
+    background_bodies = [orjson.dumps(purchase_body(f"cus-bg-{i % 3000}", i)) for i in range(200_000)]
+    pressure = asyncio.create_task(
+        run_load(
+            url("ingest"),
+            lambda i: ("POST", "/v1/purchases", background_bodies[i]),
+            total=len(background_bodies),
+            connections=4,
+            rate_per_second=300,
+            max_seconds=3600,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    )
+    port = int(os.environ["LOYALTY_PORT"])
+    result = LoadResult()
+    counter = iter(range(requests))
+    started = time.perf_counter()
+
+    async def reader() -> None:
+        conn = Connection("127.0.0.1", port, {})
+        await conn.open()
+        try:
+            for i in counter:
+                token = tokens[i % len(tokens)]
+                conn.fixed_headers = b"Authorization: Bearer " + token + b"\r\n"
+                sent = time.perf_counter()
+                status, _ = await conn.request("GET", "/v1/me")
+                result.latencies_ms.append((time.perf_counter() - sent) * 1000)
+                result.statuses[status] += 1
+                result.requests += 1
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(reader() for _ in range(32)))
+    result.seconds = time.perf_counter() - started
+    pressure.cancel()
+    await asyncio.gather(pressure, return_exceptions=True)
+    return result.summary() | {"members": len(members)}
+
+
+async def consumer_catch_up() -> Results:
+    """Per consumer: messages applied per second over its busiest 10 s (from processed_messages times)."""
+    rates: Results = {}
+    for service in SERVICES:
+        conn = await asyncpg.connect(dsn(service))
+        try:
+            rows = await conn.fetch(
+                "select date_trunc('second', processed_at) as s, count(*) as n from processed_messages"
+                " where consumer = $1 group by 1 order by 2 desc limit 10",
+                service,
+            )
+        finally:
+            await conn.close()
+        rates[service] = round(float(np.mean([r["n"] for r in rows])), 1) if rows else None
+    return rates
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+async def _wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open")
+
+
+async def _has_path(service: str, path: str) -> bool:
+    conn = Connection("127.0.0.1", int(os.environ[f"{service.upper()}_PORT"]), {})
+    await conn.open()
+    try:
+        _, body = await conn.request("GET", "/openapi.json")
+        return path in orjson.loads(body).get("paths", {})
+    finally:
+        await conn.close()
+
+
+async def _member_ids(limit: int) -> list[str]:
+    conn = await asyncpg.connect(dsn("loyalty"))
+    try:
+        return [r["customer_id"] for r in await conn.fetch("select customer_id from members limit $1", limit)]
+    finally:
+        await conn.close()
+
+
+def ratio(value: float | None, limit: float | None) -> str:
+    return f"{value / limit:.0%}" if value and limit else "-"
+
+
+def print_table(results: Results) -> None:
+    limits = results["limits"]
+    bare, copy, broker = limits["bare_fastapi"], limits["raw_copy"], limits["raw_broker"]
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(name: str, figure: str, goal: str, limit: str) -> None:
+        rows.append((name, figure, goal, limit))
+
+    single = results["ingest_single"]
+    add(
+        "ingest single purchases",
+        f"{single['per_second']:.0f}/s p50 {single['p50_ms']} ms p99 {single['p99_ms']} ms",
+        ">= 2,000/s",
+        f"{ratio(single['per_second'], bare['per_second'])} of bare FastAPI {bare['per_second']:.0f}/s",
+    )
+    batch = results.get("ingest_batch")
+    if batch:
+        add(
+            "ingest /v1/batch",
+            f"{batch['events_per_second']:.0f} events/s p50 {batch['p50_ms']} ms p99 {batch['p99_ms']} ms",
+            ">= 20,000/s",
+            f"{ratio(batch['events_per_second'], copy['per_second'])} of raw COPY {copy['per_second']:.0f} rows/s",
+        )
+    else:
+        add("ingest /v1/batch", "not built yet", ">= 20,000/s", "-")
+    latency = results["purchase_to_points"]
+    add(
+        "purchase -> points",
+        f"p50 {latency['p50_ms']} ms p95 {latency['p95_ms']} ms p99 {latency['p99_ms']} ms",
+        f"at {latency['rate_per_second']:.0f}/s",
+        f"{latency['credited']}/{latency['purchases']} credited",
+    )
+    me = results["me_under_load"]
+    add(
+        "GET /v1/me under ingest load",
+        f"{me['per_second']:.0f}/s p99 {me['p99_ms']} ms",
+        ">= 5,000/s, p99 < 20 ms",
+        f"{ratio(me['per_second'], bare['per_second'])} of bare FastAPI",
+    )
+    for service, rate in results["consumer_catch_up"].items():
+        add(
+            f"consumer {service}",
+            f"{rate}/s" if rate else "idle",
+            "",
+            f"{ratio(rate, broker['consume_per_second'])} of raw consume",
+        )
+    add("machine: bare FastAPI", f"{bare['per_second']:.0f}/s p99 {bare['p99_ms']} ms", "", "limit")
+    add("machine: raw COPY", f"{copy['per_second']:.0f} rows/s", "", "limit")
+    add(
+        "machine: raw broker",
+        f"produce {broker['produce_per_second']:.0f}/s consume {broker['consume_per_second']:.0f}/s",
+        "",
+        "limit",
+    )
+    widths = [max(len(r[i]) for r in [("measure", "figure", "goal", "vs limit"), *rows]) for i in range(4)]
+    for row in [("measure", "figure", "goal", "vs limit"), tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+async def measure(key: str, jwt_secret: str, bootstrap: str, scale: float) -> Results:
+    def n(count: int) -> int:
+        return max(100, int(count * scale))
+
+    results: Results = {"limits": {}}
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("limits.bare_fastapi", lambda: bare_fastapi_limit(n(20_000))),
+        ("limits.raw_copy", lambda: raw_copy_limit(n(200_000))),
+        ("limits.raw_broker", lambda: raw_broker_limit(bootstrap, n(200_000))),
+        ("ingest_single", lambda: ingest_single(key, n(20_000))),
+        ("ingest_batch", lambda: ingest_batch(key, n(100))),
+        ("purchase_to_points", lambda: purchase_to_points(key, 200, 10 * scale)),
+        ("me_under_load", lambda: me_under_load(key, jwt_secret, n(50_000))),
+        ("consumer_catch_up", consumer_catch_up),
+    ]
+    for name, step in steps:
+        print(f"… {name}", flush=True)
+        value = await step()
+        if name.startswith("limits."):
+            results["limits"][name.split(".", 1)[1]] = value
+        else:
+            results[name] = value
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts (0.1 for a quick run)")
+    args = parser.parse_args()
+    configure_environment()
+    from up import Platform, credentials  # deploy/up.py: the same start-up as `make up`
+
+    platform = Platform()
+    try:
+        urls, bootstrap = platform.start_infrastructure()
+        key, secret = credentials()
+        platform.start_services(urls, bootstrap, key, secret)
+        platform.wait_until_ready()
+        results = asyncio.run(measure(key, secret, bootstrap, args.scale))
+    finally:
+        platform.stop()
+    results["machine"] = {"cores": os.cpu_count(), "when": datetime.now(UTC).isoformat()}
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print()
+    print_table(results)
+    print(f"\nwritten to {ROOT / 'bench' / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,8 +16,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
+from sqlalchemy import String, cast, func, literal, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.envelope import Envelope, new_event
@@ -155,33 +156,66 @@ class IdempotentConsumer:
             log.warning("offset commit failed", extra={"consumer": self.name, "error": repr(error)})
 
     async def apply_batch(self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]) -> None:
-        """Apply a fetched batch in one database transaction."""
-        async with self.sessionmaker() as session, session.begin():
-            for tp, records in batch.items():
-                for record in records:
-                    await self.apply_record(session, tp.topic, record)
+        """Apply a fetched batch in one database transaction.
 
-    async def apply_record(self, session: AsyncSession, topic: str, record: ConsumerRecord[Any, Any]) -> None:
+        Fast path: every message applied in one go, no savepoints. If any handler fails, that
+        transaction is rolled back and the batch is applied again message by message, each in a
+        savepoint with retries, so one poison message costs only its own batch a second pass.
+        """
+        records = [(tp.topic, record) for tp, part in batch.items() for record in part]
         try:
-            event = Envelope.decode(record.value)
-        except (ValueError, ValidationError) as error:
-            await self._dead_letter(session, topic, record, None, f"not a valid event envelope: {error}")
+            async with self.sessionmaker() as session, session.begin():
+                applied = await self._apply_records(session, records, isolated=False)
+            self.applied_total += applied
             return
-        handlers = self.handlers.get(event.type)
-        if not handlers:
-            return  # This service does not act on this event type.
-        if not await self._claim(session, event.id):
-            return  # Already applied: a redelivery changes nothing.
-        await self._apply_with_retries(session, topic, record, event, handlers)
+        except Exception as error:
+            if _is_infrastructure_error(error):
+                raise
+            log.info("batch failed, applying message by message", extra={"consumer": self.name, "error": repr(error)})
+        async with self.sessionmaker() as session, session.begin():
+            self.applied_total += await self._apply_records(session, records, isolated=True)
 
-    async def _claim(self, session: AsyncSession, event_id: str) -> bool:
+    async def _apply_records(
+        self, session: AsyncSession, records: Sequence[tuple[str, ConsumerRecord[Any, Any]]], *, isolated: bool
+    ) -> int:
+        relevant: list[tuple[str, ConsumerRecord[Any, Any], Envelope]] = []
+        for topic, record in records:
+            try:
+                event = Envelope.decode(record.value)
+            except (ValueError, ValidationError) as error:
+                await self._dead_letter(session, topic, record, None, f"not a valid event envelope: {error}")
+                continue
+            if event.type in self.handlers:  # other event types are not this service's business
+                relevant.append((topic, record, event))
+        unclaimed = await self._claim(session, [event.id for _, _, event in relevant])
+        applied = 0
+        for topic, record, event in relevant:
+            if event.id not in unclaimed:
+                continue  # already applied (or earlier in this batch): a redelivery changes nothing
+            unclaimed.discard(event.id)
+            handlers = self.handlers[event.type]
+            if isolated:
+                applied += await self._apply_with_retries(session, topic, record, event, handlers)
+            else:
+                for handler in handlers:
+                    await handler(session, event)
+                applied += 1
+        return applied
+
+    async def _claim(self, session: AsyncSession, event_ids: list[str]) -> set[str]:
+        """Insert processed rows for all ids at once; returns the ids not seen before."""
+        if not event_ids:
+            return set()
         result = await session.execute(
             insert(processed_messages)
-            .values(consumer=self.name, event_id=event_id)
+            .from_select(
+                ["consumer", "event_id"],
+                select(literal(self.name), func.unnest(cast(event_ids, ARRAY(String)))).distinct(),
+            )
             .on_conflict_do_nothing()
             .returning(processed_messages.c.event_id)
         )
-        return result.first() is not None
+        return set(result.scalars())
 
     async def _apply_with_retries(
         self,
@@ -190,14 +224,13 @@ class IdempotentConsumer:
         record: ConsumerRecord[Any, Any],
         event: Envelope,
         handlers: Sequence[Handler],
-    ) -> None:
+    ) -> int:
         for attempt in range(1, self.max_attempts + 1):
             try:
                 async with session.begin_nested():
                     for handler in handlers:
                         await handler(session, event)
-                self.applied_total += 1
-                return
+                return 1
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -207,7 +240,7 @@ class IdempotentConsumer:
                 if permanent or attempt == self.max_attempts:
                     reason = f"{type(error).__name__}: {error}"
                     await self._dead_letter(session, topic, record, event, reason, attempts=attempt)
-                    return
+                    return 0
                 log.warning(
                     "handler failed, retrying",
                     extra={
@@ -218,6 +251,7 @@ class IdempotentConsumer:
                     },
                 )
                 await asyncio.sleep(self.retry_backoff_seconds * attempt)
+        return 0  # max_attempts < 1: nothing was tried
 
     async def _dead_letter(
         self,

@@ -59,6 +59,23 @@ async def add_to_outbox(
         await session.execute(insert(outbox), [outbox_row(m, max_message_bytes) for m in messages])
 
 
+async def add_to_outbox_pg(
+    connection: asyncpg.Connection, messages: Sequence[OutgoingMessage], *, max_message_bytes: int = 1_048_576
+) -> None:
+    """add_to_outbox for a plain asyncpg connection (hot paths); one statement for all rows."""
+    if not messages:
+        return
+    rows = [outbox_row(m, max_message_bytes) for m in messages]
+    await connection.execute(
+        "insert into outbox (event_id, topic, key, payload)"
+        " select * from unnest($1::text[], $2::text[], $3::text[], $4::text[])",
+        [r["event_id"] for r in rows],
+        [r["topic"] for r in rows],
+        [r["key"] for r in rows],
+        [r["payload"] for r in rows],
+    )
+
+
 def relay_lock_key(name: str) -> int:
     """Advisory lock id: one active relay per database keeps per-key order."""
     return zlib.crc32(f"outbox-relay:{name}".encode())

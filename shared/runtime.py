@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.apikeys import API_KEY_HANDLERS
 from shared.auth import make_verifiers
 from shared.consumer import HandlerMap, IdempotentConsumer, merge_handlers
-from shared.db import make_engine, make_sessionmaker
+from shared.db import make_engine, make_pg_pool, make_sessionmaker
 from shared.outbox import OutboxRelay, asyncpg_dsn
 from shared.settings import ServiceSettings
 from shared.topics import API_KEYS
@@ -54,6 +55,7 @@ class ServiceRuntime:
         )
         self.sessionmaker: async_sessionmaker[AsyncSession] = make_sessionmaker(self.engine)
         self.api_keys, self.customer_tokens = make_verifiers(settings, self.sessionmaker)
+        self.pg_pool: asyncpg.Pool | None = None
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: IdempotentConsumer | None = None
@@ -76,6 +78,7 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
+        self.pg_pool = await make_pg_pool(self.settings.database_url, size=self.settings.db_fast_pool_size)
         self._tasks.append(asyncio.create_task(self._run_relay(), name="outbox-relay"))
         if self.consumer is not None:
             self._tasks.append(asyncio.create_task(self.consumer.run(), name="consumer"))
@@ -94,6 +97,9 @@ class ServiceRuntime:
                 await self.producer.stop()
             self.producer = None
             self.producer_ready = False
+        if self.pg_pool is not None:
+            await self.pg_pool.close()
+            self.pg_pool = None
         await self.engine.dispose()
 
     async def _start_producer(self) -> AIOKafkaProducer:

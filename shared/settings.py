@@ -29,8 +29,11 @@ class ServiceSettings(BaseSettings):
     database_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
-    db_pool_size: int = 10
-    db_max_overflow: int = 20
+    # Overflow connections are closed on return: size the pool for the expected concurrency,
+    # or every burst pays a PostgreSQL backend start per request.
+    db_pool_size: int = 30
+    db_max_overflow: int = 10
+    db_fast_pool_size: int = 20
 
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias=_platform("KAFKA_BOOTSTRAP_SERVERS"))
     topic_partitions: int = Field(6, validation_alias=_platform("CX_TOPIC_PARTITIONS"))

@@ -11,9 +11,10 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared.db import make_pg_pool
 from shared.devstack import ensure_topics
 from shared.envelope import new_event
-from shared.outbox import MessageTooLarge, OutboxRelay, OutgoingMessage, add_to_outbox, asyncpg_dsn
+from shared.outbox import MessageTooLarge, OutboxRelay, OutgoingMessage, add_to_outbox, add_to_outbox_pg, asyncpg_dsn
 from shared.tables import outbox
 from shared.testing import TestPlatform, read_topic
 
@@ -136,3 +137,18 @@ async def test_retained_rows_are_republished_after_a_broker_restart(
     assert await states(engine, [kept.envelope.id]) == {kept.envelope.id: "pending"}
     await drain(engine, kafka, platform)
     assert await states(engine, [kept.envelope.id]) == {kept.envelope.id: "published"}
+
+
+async def test_rows_written_through_plain_asyncpg_are_published(
+    engine: AsyncEngine, kafka: AIOKafkaProducer, platform: TestPlatform
+) -> None:
+    pool = await make_pg_pool(platform.database_urls["feedback"], size=2)
+    first, second = message("pg-1"), message("pg-2")
+    try:
+        async with pool.acquire() as connection, connection.transaction():
+            await add_to_outbox_pg(connection, [first, second])
+    finally:
+        await pool.close()
+    await drain(engine, kafka, platform)
+    ids = [first.envelope.id, second.envelope.id]
+    assert await states(engine, ids) == dict.fromkeys(ids, "published")

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import os
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,6 +33,33 @@ from shared.topics import all_topics, create_all
 T = TypeVar("T")
 TEST_API_KEY = "cx_test_" + secrets.token_urlsafe(24)
 TEST_JWT_SECRET = secrets.token_urlsafe(32)
+
+
+@contextlib.contextmanager
+def service_process(service: str, *, env: dict[str, str] | None = None, module: str = "main") -> Iterator[str]:
+    """Run `python -m <service>.<module>` as a real process on a free port; yields its base URL."""
+    port = free_port()
+    full_env = os.environ | {f"{service.upper()}_PORT": str(port)} | (env or {})
+    with tempfile.NamedTemporaryFile(prefix=f"{service}-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen([sys.executable, "-m", f"{service}.{module}"], env=full_env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{service} exited: {Path(log.name).read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        Path(log.name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -165,4 +194,5 @@ __all__ = [
     "read_topic",
     "rollback_session",
     "running_app",
+    "service_process",
 ]

@@ -122,6 +122,42 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
+FIELD_ERRORS_SCHEMA = {
+    "title": "FieldErrors",
+    "type": "object",
+    "required": ["detail", "errors"],
+    "properties": {
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {
+                    "field": {"type": "string", "description": "dotted path, e.g. items.0.unit_price"},
+                    "message": {"type": "string"},
+                    "type": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+}
+
+
+def _document_field_errors(app: FastAPI) -> None:
+    """Make the OpenAPI 422 schema describe the answer we actually send (errors named by field)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.get("components", {}).get("schemas", {})["HTTPValidationError"] = FIELD_ERRORS_SCHEMA
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_service_app(
     *,
     title: str,
@@ -150,6 +186,7 @@ def create_service_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(sa_exc.DBAPIError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)
+    _document_field_errors(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, exempt_prefixes=body_limit_exempt)
     return app
 

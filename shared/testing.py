@@ -37,7 +37,7 @@ TEST_JWT_SECRET = secrets.token_urlsafe(32)
 
 @contextlib.contextmanager
 def service_process(service: str, *, env: dict[str, str] | None = None, module: str = "main") -> Iterator[str]:
-    """Run `python -m <service>.<module>` as a real process on a free port; yields its base URL."""
+    """Run `python -m <service>.<module>` as a real process on a free port; yields its URL once ready."""
     port = free_port()
     full_env = os.environ | {f"{service.upper()}_PORT": str(port)} | (env or {})
     with tempfile.NamedTemporaryFile(prefix=f"{service}-", suffix=".log", delete=False) as log:
@@ -49,7 +49,7 @@ def service_process(service: str, *, env: dict[str, str] | None = None, module: 
             if process.poll() is not None:
                 raise RuntimeError(f"{service} exited: {Path(log.name).read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                     break
             time.sleep(0.1)
         yield base

@@ -1,4 +1,4 @@
-"""Feedback' background work: its consumer (subscribed to the topics it will use) and outbox relay."""
+"""Feedback's background work: segment memberships and erasure requests consumed, outbox relay."""
 
 from __future__ import annotations
 

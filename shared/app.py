@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -62,12 +63,35 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+def _is_bad_value(error: BaseException) -> bool:
+    """A value PostgreSQL or asyncpg refused (SQLSTATE class 22, or asyncpg's client-side DataError)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, sa_exc.DataError | asyncpg.exceptions.DataError):
+            return True
+        if str(getattr(seen, "sqlstate", "") or "").startswith("22"):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, sa_exc.DBAPIError)
+    if _is_bad_value(exc):
+        # Input validation let through a value PostgreSQL cannot store (NUL byte, out-of-range number):
+        # still the caller's input, so a 422, never a 500.
+        log.warning("value refused by the database", extra={"path": request.url.path, "error": str(exc.orig)[:300]})
+        return await _asyncpg_bad_value(request, exc)
     if not (exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)):
         return await _unexpected_error(request, exc)
     log.warning("database unavailable", extra={"path": request.url.path})
     return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503, headers={"Retry-After": "1"})
+
+
+async def _asyncpg_bad_value(request: Request, exc: Exception) -> JSONResponse:
+    """The same 422 for hot paths that use asyncpg directly."""
+    errors = [{"field": "request", "message": "a value is out of range or cannot be stored", "type": "data_error"}]
+    return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -184,7 +208,8 @@ def create_service_app(
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(sa_exc.DBAPIError, _database_unavailable)
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(asyncpg.exceptions.DataError, _asyncpg_bad_value)
     app.add_exception_handler(Exception, _unexpected_error)
     _document_field_errors(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, exempt_prefixes=body_limit_exempt)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, default_database_url
@@ -11,3 +13,30 @@ class ProfilesSettings(ServiceSettings):
     service_name: str = "profiles"
     database_url: str = default_database_url("profiles")
     port: int = 8002
+
+    # Lifecycle stages (docs/profiles.md): checked in this order, first match wins.
+    churned_after_days: int = 180  # no purchase for longer than this: churned
+    at_risk_after_days: int = 90  # no purchase for longer than this: at_risk
+    loyal_min_orders: int = 5  # at least this many orders (and recent): loyal
+    repeat_min_orders: int = 2  # at least this many orders: repeat
+    new_customer_days: int = 30  # one order, first purchase within this many days: new (else active)
+    lifecycle_interval_seconds: float = 60.0  # how often stages are re-evaluated as time passes
+
+    # profile.updated: dirty profiles are published in batches, coalescing bursts of events.
+    publish_interval_seconds: float = 0.5
+    publish_batch_size: int = 500
+
+    # Preferences: a purchased unit counts this much more than a view.
+    purchase_weight: Decimal = Decimal("3")
+    view_weight: Decimal = Decimal("1")
+    top_categories: int = 5
+
+    # Recommendations: item-to-item co-occurrence, rebuilt on a schedule.
+    recommendation_view_weight: float = 0.25
+    recommendation_neighbours: int = 50  # similar items kept per item
+    recommendation_limit: int = 10
+    recommendation_max_limit: int = 50
+    recommendation_rebuild_seconds: float = 300.0
+
+    list_default_limit: int = 50
+    list_max_limit: int = 500

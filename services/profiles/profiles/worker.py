@@ -1,11 +1,20 @@
-"""Profiles' background work: its consumer (subscribed to the topics it will use) and outbox relay."""
+"""Profiles' background work: the consumer, the outbox relay, and the scheduled jobs
+(publishing changed profiles, re-evaluating lifecycle stages, rebuilding recommendations)."""
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from profiles.config import ProfilesSettings
 from profiles.handlers import HANDLERS
-from shared.runtime import ServiceRuntime, run_worker
+from profiles.lifecycle import reevaluate_stages
+from profiles.portrait import publish_all_changes
+from profiles.recommendations import rebuild_recommendations
+from profiles.service import utcnow
+from shared.jobs import every
+from shared.runtime import Job, ServiceRuntime, run_worker
 from shared.topics import (
+    ERASURE_CONFIRMATIONS,
     FEEDBACK_SUBMISSIONS,
     IDENTITIES,
     INTERACTIONS,
@@ -23,11 +32,29 @@ CONSUMES = [
     LOYALTY_ACCOUNTS,
     FEEDBACK_SUBMISSIONS,
     PRIVACY_ERASURES,
+    *ERASURE_CONFIRMATIONS.values(),
 ]
 
 
+def jobs(settings: ProfilesSettings) -> list[Job]:
+    async def publish_changed_profiles(session: AsyncSession) -> None:
+        await publish_all_changes(session, settings=settings, now=utcnow())
+
+    async def reevaluate_lifecycle_stages(session: AsyncSession) -> None:
+        await reevaluate_stages(session, settings=settings, now=utcnow())
+
+    async def rebuild_item_neighbours(session: AsyncSession) -> None:
+        await rebuild_recommendations(session, settings=settings)
+
+    return [
+        every(settings.publish_interval_seconds, publish_changed_profiles),
+        every(settings.lifecycle_interval_seconds, reevaluate_lifecycle_stages),
+        every(settings.recommendation_rebuild_seconds, rebuild_item_neighbours),
+    ]
+
+
 def build_runtime(settings: ProfilesSettings) -> ServiceRuntime:
-    return ServiceRuntime(settings, consumes=CONSUMES, handlers=HANDLERS)
+    return ServiceRuntime(settings, consumes=CONSUMES, handlers=HANDLERS, jobs=jobs(settings))
 
 
 if __name__ == "__main__":

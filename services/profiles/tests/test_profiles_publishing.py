@@ -1,0 +1,129 @@
+"""profile.updated: published only on change, naming the fields, with increasing versions and no PII;
+lifecycle stages that move as time passes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from profiles.config import ProfilesSettings
+from profiles.lifecycle import reevaluate_stages
+from profiles.models import Customer
+from profiles.portrait import publish_all_changes
+from profiles.testing import Events
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.testing import TestPlatform, rollback_session
+from shared.topics import PROFILES
+
+SETTINGS = ProfilesSettings(consumers_enabled=False)
+
+
+@pytest.fixture
+async def session(platform: TestPlatform) -> AsyncIterator[AsyncSession]:
+    async with rollback_session(platform.engine("profiles")) as session:
+        yield session
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events(f"cus-{uuid.uuid4().hex[:12]}")
+
+
+async def published(session: AsyncSession, customer_id: str) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text("select payload from outbox where topic = :topic and key = :key order by id"),
+        {"topic": PROFILES, "key": customer_id},
+    )
+    return [orjson.loads(payload) for payload in rows.scalars()]
+
+
+async def test_a_change_is_published_with_its_fields_and_a_new_version(session: AsyncSession, events: Events) -> None:
+    await events.apply(session, events.purchase("o-1", days_ago=3, items=[("TEA", "tea", 1, "5.00")]))
+    await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+    await events.apply(session, events.purchase("o-2", days_ago=1, items=[("TEA", "tea", 1, "7.00")]))
+    await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+    first, second = await published(session, events.customer_id)
+    assert first["type"] == "profile.updated" and first["subject"] == events.customer_id
+    assert (first["data"]["version"], second["data"]["version"]) == (1, 2)
+    assert second["data"]["changed"] == [
+        "average_days_between_orders",
+        "average_order_value",
+        "last_purchase_at",
+        "lifecycle_stage",
+        "net_revenue",
+        "orders",
+    ]
+    profile = second["data"]["profile"]
+    assert (profile["orders"], profile["net_revenue"], profile["lifecycle_stage"]) == (2, "12.00", "repeat")
+
+
+async def test_nothing_is_published_when_nothing_changed(session: AsyncSession, events: Events) -> None:
+    purchase = events.purchase("o-1", days_ago=3, items=[("TEA", "tea", 1, "5.00")])
+    await events.apply(session, purchase)
+    await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+    # A redelivered purchase and an exit from a segment never entered change nothing visible.
+    await events.apply(session, purchase, events.segment("segment.exited", "vip", days_ago=1))
+    await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+    assert len(await published(session, events.customer_id)) == 1
+
+
+async def test_personal_traits_never_leave_in_events(session: AsyncSession, events: Events) -> None:
+    traits = {"email": "ann@example.com", "phone": "+33600000000", "name": "Ann", "city": "Lyon", "vip": True}
+    await events.apply(session, events.identify("id-1", days_ago=1, traits=traits))
+    await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+    (message,) = await published(session, events.customer_id)
+    assert message["data"]["profile"]["traits"] == {"city": "Lyon", "vip": True}
+    raw = orjson.dumps(message).decode()
+    assert "ann@example.com" not in raw and "+33600000000" not in raw and "Ann" not in raw
+
+
+@pytest.mark.parametrize(
+    ("orders_days_ago", "stage"),
+    [
+        ([], "prospect"),
+        ([5], "new"),
+        ([45], "active"),
+        ([60, 5], "repeat"),
+        ([80, 60, 40, 20, 5], "loyal"),
+        ([100, 95], "at_risk"),
+        ([400, 200], "churned"),
+    ],
+)
+async def test_lifecycle_stage_follows_the_thresholds(
+    session: AsyncSession, events: Events, orders_days_ago: list[int], stage: str
+) -> None:
+    await events.apply(session, events.identify("id-1", days_ago=500, traits={}))
+    for n, days in enumerate(orders_days_ago):
+        await events.apply(session, events.purchase(f"o-{n}", days_ago=days, items=[("TEA", "tea", 1, "5.00")]))
+    await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+    found = await session.execute(select(Customer.lifecycle_stage).where(Customer.customer_id == events.customer_id))
+    assert found.scalar_one() == stage
+
+
+async def test_a_customer_who_stops_buying_drifts_to_at_risk_then_churned(
+    session: AsyncSession, events: Events
+) -> None:
+    await events.apply(session, events.purchase("o-1", days_ago=1, items=[("TEA", "tea", 1, "5.00")]))
+    await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+    stages = []
+    for days_later in (20, 60, 100, 200, 201):
+        now = Events.now + timedelta(days=days_later)
+        await reevaluate_stages(session, settings=SETTINGS, now=now)
+        await publish_all_changes(session, settings=SETTINGS, now=now)
+    for message in await published(session, events.customer_id):
+        stages.append((message["data"]["version"], message["data"]["profile"]["lifecycle_stage"]))
+    assert stages == [(1, "new"), (2, "active"), (3, "at_risk"), (4, "churned")]
+
+
+async def test_thresholds_are_settings(session: AsyncSession, events: Events) -> None:
+    await events.apply(session, events.purchase("o-1", days_ago=10, items=[("TEA", "tea", 1, "5.00")]))
+    strict = ProfilesSettings(consumers_enabled=False, at_risk_after_days=7, churned_after_days=30)
+    await publish_all_changes(session, settings=strict, now=Events.now)
+    found = await session.execute(select(Customer.lifecycle_stage).where(Customer.customer_id == events.customer_id))
+    assert found.scalar_one() == "at_risk"

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 HandlerMap = Mapping[str, Sequence[Handler]]
+# A batch handler takes every new event of its type in a fetched batch at once (set-based work).
+# It must give the same result as applying the events one by one, in any order.
+BatchHandler = Callable[[AsyncSession, Sequence[Envelope]], Awaitable[None]]
+BatchHandlerMap = Mapping[str, BatchHandler]
 
 
 def merge_handlers(*maps: HandlerMap) -> dict[str, list[Handler]]:
@@ -68,8 +72,10 @@ class IdempotentConsumer:
         retry_backoff_seconds: float = 0.2,
         max_message_bytes: int = 1_048_576,
         session_timeout_ms: int = 6000,
+        batch_handlers: BatchHandlerMap | None = None,
     ) -> None:
         self.name = name
+        self.batch_handlers = dict(batch_handlers or {})
         self.session_timeout_ms = session_timeout_ms
         self.topics = list(topics)
         self.handlers = handlers
@@ -185,22 +191,38 @@ class IdempotentConsumer:
             except (ValueError, ValidationError) as error:
                 await self._dead_letter(session, topic, record, None, f"not a valid event envelope: {error}")
                 continue
-            if event.type in self.handlers:  # other event types are not this service's business
+            if event.type in self.handlers or event.type in self.batch_handlers:  # others: not our business
                 relevant.append((topic, record, event))
         unclaimed = await self._claim(session, [event.id for _, _, event in relevant])
         applied = 0
+        grouped: dict[str, list[Envelope]] = {}
         for topic, record, event in relevant:
             if event.id not in unclaimed:
                 continue  # already applied (or earlier in this batch): a redelivery changes nothing
             unclaimed.discard(event.id)
-            handlers = self.handlers[event.type]
             if isolated:
-                applied += await self._apply_with_retries(session, topic, record, event, handlers)
+                applied += await self._apply_with_retries(session, topic, record, event, self._handlers_for(event))
+            elif event.type in self.batch_handlers:
+                grouped.setdefault(event.type, []).append(event)
             else:
-                for handler in handlers:
+                for handler in self.handlers[event.type]:
                     await handler(session, event)
                 applied += 1
+        for event_type, events in grouped.items():
+            await self.batch_handlers[event_type](session, events)
+            applied += len(events)
         return applied
+
+    def _handlers_for(self, event: Envelope) -> Sequence[Handler]:
+        """Per-message handlers; a batch handler applied to a batch of one in the isolated pass."""
+        batch_handler = self.batch_handlers.get(event.type)
+        if batch_handler is None:
+            return self.handlers[event.type]
+
+        async def one(session: AsyncSession, single: Envelope) -> None:
+            await batch_handler(session, [single])
+
+        return [one]
 
     async def _claim(self, session: AsyncSession, event_ids: list[str]) -> set[str]:
         """Insert processed rows for all ids at once; returns the ids not seen before."""

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.apikeys import API_KEY_HANDLERS
 from shared.auth import make_verifiers
-from shared.consumer import HandlerMap, IdempotentConsumer, merge_handlers
+from shared.consumer import BatchHandlerMap, HandlerMap, IdempotentConsumer, merge_handlers
 from shared.db import make_engine, make_pg_pool, make_sessionmaker
 from shared.outbox import OutboxRelay, asyncpg_dsn
 from shared.settings import ServiceSettings
@@ -47,6 +47,7 @@ class ServiceRuntime:
         *,
         consumes: Sequence[str] = (),
         handlers: HandlerMap | None = None,
+        batch_handlers: BatchHandlerMap | None = None,
         jobs: Sequence[Job] = (),
     ) -> None:
         self.settings = settings
@@ -72,6 +73,7 @@ class ServiceRuntime:
                 retry_backoff_seconds=settings.consumer_retry_backoff_seconds,
                 max_message_bytes=settings.max_message_bytes,
                 session_timeout_ms=settings.consumer_session_timeout_ms,
+                batch_handlers=batch_handlers,
             )
         self.jobs = list(jobs)
         self.producer_ready = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -122,3 +123,30 @@ async def test_unknown_event_types_are_ignored_and_garbage_dead_lettered(platfor
     await worker.apply_batch({PARTITION: [record(event("other.thing").encode()), record(b"{not json", 1)]})
     letters = await dead_letters(engine, worker.name)
     assert len(letters) == 1 and "not a valid event envelope" in letters[0]
+
+
+async def test_batch_handler_gets_every_new_event_at_once_and_falls_back_alone(platform: TestPlatform) -> None:
+    calls: list[list[str]] = []
+
+    async def count_all(session: AsyncSession, events: Sequence[Envelope]) -> None:
+        if any(e.data.get("n") == 13 for e in events) and len(events) > 1:
+            raise RuntimeError("unlucky batch")
+        calls.append([e.id for e in events])
+
+    engine = platform.engine("feedback")
+    worker = IdempotentConsumer(
+        name=f"test-{uuid.uuid4().hex[:8]}",
+        topics=[TOPIC],
+        handlers={},
+        batch_handlers={"thing.happened": count_all},
+        sessionmaker=async_sessionmaker(engine),
+        bootstrap_servers="unused:0",
+        retry_backoff_seconds=0.0,
+    )
+    events = [new_event(type="thing.happened", source="t", subject="c", data={"n": i}) for i in range(5)]
+    await worker.apply_batch({PARTITION: [record(e.encode(), i) for i, e in enumerate([*events, events[0]])]})
+    assert calls == [[e.id for e in events]]  # one call, the duplicate skipped
+
+    unlucky = [new_event(type="thing.happened", source="t", subject="c", data={"n": n}) for n in (12, 13)]
+    await worker.apply_batch({PARTITION: [record(e.encode(), i) for i, e in enumerate(unlucky)]})
+    assert calls[1:] == [[unlucky[0].id], [unlucky[1].id]]  # the failed batch re-applied one event at a time

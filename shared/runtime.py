@@ -18,9 +18,10 @@ from shared.apikeys import API_KEY_HANDLERS
 from shared.auth import make_verifiers
 from shared.consumer import BatchHandlerMap, HandlerMap, IdempotentConsumer, merge_handlers
 from shared.db import make_engine, make_pg_pool, make_sessionmaker
+from shared.devstack import ensure_topics
 from shared.outbox import OutboxRelay, asyncpg_dsn
 from shared.settings import ServiceSettings
-from shared.topics import API_KEYS
+from shared.topics import API_KEYS, all_topics
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,31 @@ class ServiceRuntime:
         )
         if self.settings.outbox_republish_on_start:
             await self.relay.republish_retained()
+            self._tasks.append(asyncio.create_task(self._watch_for_broker_reset(producer), name="broker-watch"))
         await self.relay.run()
+
+    async def _watch_for_broker_reset(self, producer: AIOKafkaProducer) -> None:
+        """A memory-only broker that restarts comes back empty: recreate topics, publish the outbox again.
+
+        Its topics vanish with it, so a missing platform topic is the sign. Consumers rejoin by
+        themselves (their client restarts on errors) and the repeats are absorbed by idempotence.
+        """
+        expected = set(all_topics(self.settings.topic_partitions))
+        while True:
+            await asyncio.sleep(self.settings.broker_check_seconds)
+            try:
+                metadata = await producer.client.fetch_all_metadata()
+                if expected <= set(metadata.topics()):
+                    continue
+                log.warning("broker lost its topics: recreating them and republishing the outbox")
+                await ensure_topics(self.settings.kafka_bootstrap_servers, all_topics(self.settings.topic_partitions))
+                if self.relay is not None:
+                    await self.relay.republish_retained()
+                    self.relay.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("broker check failed", exc_info=True)
 
     async def _kafka_reachable(self) -> bool:
         if self.producer is None or not self.producer_ready:

@@ -55,7 +55,9 @@ class ServiceSettings(BaseSettings):
     outbox_retention_hours: float = Field(168.0, validation_alias=_platform("CX_OUTBOX_RETENTION_HOURS"))
     # The embedded broker forgets everything on restart; `make up` turns this on so retained
     # outbox rows are published again (idempotent consumers absorb the repeats).
+    # It also makes each service watch for a broker that came back empty (topics gone).
     outbox_republish_on_start: bool = Field(False, validation_alias=_platform("CX_OUTBOX_REPUBLISH_ON_START"))
+    broker_check_seconds: float = Field(3.0, validation_alias=_platform("CX_BROKER_CHECK_SECONDS"))
 
     consumers_enabled: bool = True
     consumer_batch_size: int = Field(500, validation_alias=_platform("CX_CONSUMER_BATCH_SIZE"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -15,6 +15,7 @@ from shared.db import make_pg_pool
 from shared.devstack import ensure_topics
 from shared.envelope import new_event
 from shared.outbox import MessageTooLarge, OutboxRelay, OutgoingMessage, add_to_outbox, add_to_outbox_pg, asyncpg_dsn
+from shared.replay import replay
 from shared.tables import outbox
 from shared.testing import TestPlatform, read_topic
 
@@ -152,3 +153,17 @@ async def test_rows_written_through_plain_asyncpg_are_published(
     await drain(engine, kafka, platform)
     ids = [first.envelope.id, second.envelope.id]
     assert await states(engine, ids) == dict.fromkeys(ids, "published")
+
+
+async def test_replay_queues_published_rows_again(
+    engine: AsyncEngine, kafka: AIOKafkaProducer, platform: TestPlatform
+) -> None:
+    again = message("again")
+    async with async_sessionmaker(engine)() as session, session.begin():
+        await add_to_outbox(session, [again])
+    await drain(engine, kafka, platform)
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    assert await replay(platform.database_urls["feedback"], since=since, topic=TOPIC) >= 1
+    assert await states(engine, [again.envelope.id]) == {again.envelope.id: "pending"}
+    await drain(engine, kafka, platform)
+    assert await states(engine, [again.envelope.id]) == {again.envelope.id: "published"}

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down test lint typecheck unit bench clean install
+.PHONY: up down test lint typecheck unit bench clean install test-faults fuzz
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -32,6 +32,12 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit ## ruff, mypy and the whole pytest suite on real PostgreSQL and a real broker
+
+test-faults: $(STAMP) ## the fault suite alone (also part of `make test`)
+	$(BIN)/python -m pytest -q tests/test_faults.py tests/test_rebalance.py tests/test_purchase_to_points.py
+
+fuzz: $(STAMP) ## schemathesis with more examples per operation than `make test` uses
+	CX_FUZZ_EXAMPLES=200 $(BIN)/python -m pytest -q tests/test_fuzz_openapi.py
 
 bench: $(STAMP) ## start the system, drive it, print the figures (bench/results.json)
 	$(BIN)/python bench/run.py

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +28,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.devstack import EmbeddedBroker, EmbeddedPostgres, free_port
+from shared.logs import JsonFormatter
 from shared.migrate import upgrade
 from shared.settings import SERVICES
 from shared.topics import all_topics, create_all
@@ -33,6 +36,43 @@ from shared.topics import all_topics, create_all
 T = TypeVar("T")
 TEST_API_KEY = "cx_test_" + secrets.token_urlsafe(24)
 TEST_JWT_SECRET = secrets.token_urlsafe(32)
+
+
+# Independent of shared.logs' redaction patterns on purpose: this checks the redaction worked.
+_LEAKS = re.compile(
+    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z]{2,}"  # e-mail
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ"  # JWT
+    r"|\bcx_[A-Za-z0-9]+_[A-Za-z0-9_-]{16,}"  # API key
+    r"|\+\d{1,3}[ -]?\(?\d{2,4}\)?[ -]?\d{3}[ -]?\d{3,4}"  # phone number in international form
+)
+leaked_log_lines: list[str] = []
+
+
+def scan_for_leaks(lines: Iterable[str], origin: str) -> None:
+    leaked_log_lines.extend(f"{origin}: {line[:300]}" for line in lines if _LEAKS.search(line))
+
+
+class _LeakScanner(logging.Handler):
+    """Formats every record exactly as production does and scans the result."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(JsonFormatter("test"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            scan_for_leaks([self.format(record)], record.name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_personal_data_in_logs() -> Iterator[None]:
+    """Every log line written during the run is scanned; a leak fails the session."""
+    scanner = _LeakScanner()
+    logging.getLogger().addHandler(scanner)
+    yield
+    logging.getLogger().removeHandler(scanner)
+    if leaked_log_lines:
+        pytest.fail("personal data or secrets in logs:\n" + "\n".join(leaked_log_lines[:20]), pytrace=False)
 
 
 @contextlib.contextmanager
@@ -59,6 +99,7 @@ def service_process(service: str, *, env: dict[str, str] | None = None, module: 
             process.wait(15)
         except subprocess.TimeoutExpired:
             process.kill()
+        scan_for_leaks(Path(log.name).read_text(errors="replace").splitlines(), service)
         Path(log.name).unlink(missing_ok=True)
 
 
@@ -146,7 +187,7 @@ async def rollback_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
             await transaction.rollback()
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, interval: float = 0.05) -> T:
+async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = 60.0, interval: float = 0.05) -> T:
     """Poll until check() returns a truthy value; fail with the last value after the timeout."""
     deadline = time.monotonic() + timeout
     last: Any = None

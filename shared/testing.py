@@ -199,8 +199,15 @@ async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
-async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 15.0) -> list[Any]:
-    """Read a topic from the beginning (no group) until `expect` records arrived or the timeout."""
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int,
+    timeout: float = 15.0,
+    matching: Callable[[Any], bool] | None = None,
+) -> list[Any]:
+    """Read a topic from the beginning (no group) until `expect` (matching) records arrived or the timeout."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     records: list[Any] = []
@@ -209,7 +216,7 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float 
         while len(records) < expect and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for part in batch.values():
-                records.extend(part)
+                records.extend(r for r in part if matching is None or matching(r))
     finally:
         await consumer.stop()
     return records

@@ -34,8 +34,10 @@ async def send(platform: TestPlatform, *events: tuple[str, Envelope]) -> None:
 
 
 async def messages(platform: TestPlatform, topic: str, key: str, expect: int) -> list[dict[str, Any]]:
-    records = await read_topic(platform.bootstrap, topic, expect=10_000, timeout=2.0)
-    found = [orjson.loads(r.value) for r in records if r.key == key.encode()]
+    records = await read_topic(
+        platform.bootstrap, topic, expect=expect, timeout=5.0, matching=lambda r: r.key == key.encode()
+    )
+    found = [orjson.loads(r.value) for r in records]
     return found if len(found) >= expect else []
 
 

@@ -110,7 +110,10 @@ async def test_poison_message_is_dead_lettered_and_the_next_is_processed(
     async with running_app(loyalty.main.create_app(LoyaltySettings())):
         engine = platform.engine("loyalty")
         assert await eventually(lambda: ledger_counts(engine, [good["customer_id"]])) == {good["customer_id"]: (1, 7)}
-        letters = await read_topic(platform.bootstrap, f"{PURCHASES}.dlq", expect=2)
+        key = good["customer_id"].encode()
+        letters = await read_topic(
+            platform.bootstrap, f"{PURCHASES}.dlq", expect=2, matching=lambda record: record.key == key
+        )
     reasons = [letter.value.decode() for letter in letters]
     assert any("not a valid event envelope" in r for r in reasons)
     assert any(bad_data.id in r and "ValidationError" in r for r in reasons)

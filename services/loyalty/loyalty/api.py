@@ -1,35 +1,402 @@
-"""Loyalty HTTP API: staff read any member with an API key; a customer token reads only its own."""
+"""Loyalty HTTP API: staff use API keys (loyalty:read, loyalty:write, admin); a customer token reaches only /v1/me."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, status
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from loyalty import service
-from loyalty.schemas import MemberRead
+import orjson
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from loyalty import idempotency, rules, service
+from loyalty.config import LoyaltySettings
+from loyalty.models import LedgerEntry, Member
+from loyalty.rules import CampaignWrite, EarningRules
+from loyalty.schemas import (
+    AdjustmentCreate,
+    AdjustmentRead,
+    CampaignRead,
+    ExpiringPoints,
+    MemberRead,
+    RedemptionCreate,
+    RedemptionRead,
+    RulesRead,
+    TransactionPage,
+    TransactionRead,
+)
 from shared.auth import CustomerDep, require_scope
 from shared.db import SessionDep
 
 router = APIRouter(prefix="/v1", tags=["loyalty"])
+READ = [Depends(require_scope("loyalty:read"))]
+WRITE = [Depends(require_scope("loyalty:write"))]
+ADMIN = [Depends(require_scope("admin"))]
 
 
-async def _member_read(session: SessionDep, customer_id: str) -> MemberRead:
-    member = await service.get_member(session, customer_id=customer_id)
-    if member is None:
+@dataclass
+class RulesCache:
+    """Earning rules held in memory for a few seconds: member answers need the tier thresholds."""
+
+    fallback: EarningRules | None
+    ttl_seconds: float
+    _rules: EarningRules | None = None
+    _until: float = 0.0
+
+    async def get(self, session: AsyncSession) -> EarningRules:
+        if self._rules is None or time.monotonic() >= self._until:
+            self._rules, _ = await rules.current_rules(session, fallback=self.fallback)
+            self._until = time.monotonic() + self.ttl_seconds
+        return self._rules
+
+    def forget(self) -> None:
+        self._rules = None
+
+
+async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session without BEGIN/COMMIT (autocommit) for single-statement reads: one round trip fewer."""
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
+    async with sessionmaker() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(read_session)]
+
+
+async def rules_cache(request: Request) -> RulesCache:  # async: a sync dependency would run in a thread
+    cache: RulesCache = request.app.state.rules_cache
+    return cache
+
+
+RulesCacheDep = Annotated[RulesCache, Depends(rules_cache)]
+MAX_CUSTOMER_ID = 128
+CustomerId = Annotated[str, PathParam(min_length=1, max_length=MAX_CUSTOMER_ID)]
+IdempotencyKeyHeader = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
+
+# One statement per member answer: the member, its rolling qualifying points and its next expiring lots.
+_MEMBER_ANSWER = text(
+    """
+    SELECT m.customer_id, m.points, m.tier, m.updated_at, m.enrolled_at, q.qualifying,
+           x.expiring_points, x.expiring_at
+    FROM members m
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(l.qualifying), 0) AS qualifying FROM ledger_entries l
+        WHERE l.customer_id = m.customer_id AND l.qualifying <> 0
+          AND l.qualifying_at > now() - make_interval(months => :window_months)
+    ) q
+    CROSS JOIN LATERAL (
+        SELECT array_agg(e.points ORDER BY e.expires_at) AS expiring_points,
+               array_agg(e.expires_at ORDER BY e.expires_at) AS expiring_at
+        FROM (
+            SELECT l.expires_at, sum(l.remaining) AS points FROM ledger_entries l
+            WHERE l.customer_id = m.customer_id AND l.remaining > 0
+              AND l.expires_at <= now() + make_interval(days => :window_days)
+            GROUP BY l.expires_at ORDER BY l.expires_at LIMIT :listed
+        ) e
+    ) x
+    WHERE m.customer_id = :customer_id
+    """
+)
+
+
+async def _member_read(session: AsyncSession, cache: RulesCache, request: Request, customer_id: str) -> MemberRead:
+    program = await cache.get(session)
+    settings: LoyaltySettings = request.app.state.settings
+    row = (
+        await session.execute(
+            _MEMBER_ANSWER,
+            {
+                "customer_id": customer_id,
+                "window_months": program.qualifying_window_months,
+                "window_days": settings.expiring_window_days,
+                "listed": settings.expiring_max_listed,
+            },
+        )
+    ).first()
+    if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
+    following = program.next_tier(row.tier)
+    qualifying = int(row.qualifying)
     return MemberRead(
-        customer_id=member.customer_id,
-        points=member.points,
-        tier=member.tier,
-        expiring=[],
-        updated_at=member.updated_at,
+        customer_id=row.customer_id,
+        points=row.points,
+        tier=row.tier,
+        expiring=[
+            ExpiringPoints(points=int(p), expires_at=at)
+            for p, at in zip(row.expiring_points or [], row.expiring_at or [], strict=True)
+        ],
+        updated_at=row.updated_at,
+        enrolled_at=row.enrolled_at,
+        qualifying_points=qualifying,
+        next_tier=following.name if following else None,
+        points_to_next_tier=max(0, following.threshold - qualifying) if following else None,
     )
 
 
-@router.get("/members/{customer_id}", response_model=MemberRead, dependencies=[Depends(require_scope("loyalty:read"))])
-async def get_member(customer_id: str, session: SessionDep) -> MemberRead:
-    return await _member_read(session, customer_id)
+async def _member_response(request: Request, customer_id: str) -> Response:
+    """The hottest routes: no dependencies beyond auth, one statement, serialised once to JSON bytes."""
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
+    async with sessionmaker() as session:
+        member = await _member_read(session, request.app.state.rules_cache, request, customer_id)
+    return Response(member.model_dump_json(), media_type="application/json")
+
+
+@router.get("/members/{customer_id}", response_model=MemberRead, dependencies=READ)
+async def get_member(customer_id: CustomerId, request: Request) -> Response:
+    return await _member_response(request, customer_id)
 
 
 @router.get("/me", response_model=MemberRead)
-async def get_me(customer: CustomerDep, session: SessionDep) -> MemberRead:
-    return await _member_read(session, customer.customer_id)
+async def get_me(customer: CustomerDep, request: Request) -> Response:
+    return await _member_response(request, customer.customer_id)
+
+
+def _page_size(request: Request, limit: int | None) -> int:
+    settings: LoyaltySettings = request.app.state.settings
+    return min(limit or settings.transactions_page_size, settings.transactions_max_page_size)
+
+
+async def _transactions(session: AsyncSession, *, customer_id: str, limit: int, cursor: str | None) -> TransactionPage:
+    if await session.scalar(select(Member.customer_id).where(Member.customer_id == customer_id)) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
+    query = select(LedgerEntry).where(LedgerEntry.customer_id == customer_id)
+    if cursor is not None:
+        query = query.where(LedgerEntry.id < int(cursor))
+    entries = list((await session.execute(query.order_by(LedgerEntry.id.desc()).limit(limit + 1))).scalars())
+    items = [
+        TransactionRead(
+            entry_id=e.id,
+            kind=e.kind,
+            points=e.points,
+            balance_after=e.balance_after,
+            cause_type=e.cause_type,
+            cause_id=e.cause_id,
+            reason=e.reason,
+            occurred_at=e.occurred_at,
+            created_at=e.created_at,
+            expires_at=e.expires_at,
+            remaining=e.remaining,
+            shortfall=e.shortfall,
+        )
+        for e in entries[:limit]
+    ]
+    return TransactionPage(items=items, next_cursor=str(entries[limit - 1].id) if len(entries) > limit else None)
+
+
+Limit = Annotated[int | None, Query(ge=1, le=1000, description="entries per page (default 50, at most 200)")]
+Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")]
+
+
+@router.get("/members/{customer_id}/transactions", response_model=TransactionPage, dependencies=READ)
+async def list_member_transactions(
+    customer_id: CustomerId, session: ReadSessionDep, request: Request, limit: Limit = None, cursor: Cursor = None
+) -> TransactionPage:
+    return await _transactions(session, customer_id=customer_id, limit=_page_size(request, limit), cursor=cursor)
+
+
+@router.get("/me/transactions", response_model=TransactionPage)
+async def list_my_transactions(
+    customer: CustomerDep, session: ReadSessionDep, request: Request, limit: Limit = None, cursor: Cursor = None
+) -> TransactionPage:
+    return await _transactions(
+        session, customer_id=customer.customer_id, limit=_page_size(request, limit), cursor=cursor
+    )
+
+
+def _key_reused() -> RequestValidationError:
+    return RequestValidationError(
+        [
+            {
+                "loc": ("header", "Idempotency-Key"),
+                "msg": "this key was already used with a different request",
+                "type": "idempotency_key_reused",
+                "input": None,
+            }
+        ]
+    )
+
+
+async def _act(act: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    try:
+        return await act()
+    except service.MemberNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found") from None
+    except service.InsufficientPoints as short:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"insufficient points: balance {short.balance}, requested {short.requested}"
+        ) from None
+
+
+async def _answer_once(
+    session: AsyncSession,
+    *,
+    customer_id: str,
+    key: str | None,
+    operation: str,
+    body: dict[str, Any],
+    act: Callable[[], Awaitable[dict[str, Any]]],
+) -> Response:
+    """Run `act` once per (customer, key); the same key and body replay the first answer."""
+    if len(customer_id) > MAX_CUSTOMER_ID:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")  # a token's sub no member can have
+    if key is None:
+        return _json(orjson.dumps(await _act(act)), status.HTTP_201_CREATED)
+    try:
+        stored = await idempotency.claim(
+            session, customer_id=customer_id, key=key, fingerprint=idempotency.request_hash(operation, body)
+        )
+    except idempotency.IdempotencyKeyReused:
+        raise _key_reused() from None
+    if stored is not None:
+        return _json(stored.body, stored.status_code, headers={"Idempotent-Replayed": "true"})
+    answer = orjson.dumps(await _act(act))
+    await idempotency.remember(session, customer_id=customer_id, key=key, status_code=201, body=answer)
+    return _json(answer, status.HTTP_201_CREATED)
+
+
+def _json(body: bytes, status_code: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code, headers=headers, media_type="application/json")
+
+
+def _movement(moved: service.Movement, points: int, reason: str) -> dict[str, Any]:
+    return {
+        "customer_id": moved.customer_id,
+        "points": points,
+        "reason": reason,
+        "balance": moved.balance,
+        "entry_id": moved.entry_id,
+        "created_at": moved.created_at,
+    }
+
+
+def _check_redemption(body: RedemptionCreate, request: Request) -> None:
+    if body.points > request.app.state.settings.redemption_max_points:
+        raise RequestValidationError(
+            [{"loc": ("body", "points"), "msg": "over the redemption limit", "type": "less_than_equal", "input": None}]
+        )
+
+
+async def _redeem(
+    session: AsyncSession, request: Request, customer_id: str, key: str, body: RedemptionCreate
+) -> Response:
+    _check_redemption(body, request)
+
+    async def act() -> dict[str, Any]:
+        moved = await service.redeem(session, customer_id=customer_id, points=body.points, reason=body.reason)
+        answer = RedemptionRead(redemption_id=moved.cause_id, **_movement(moved, body.points, body.reason))
+        return answer.model_dump(mode="json")
+
+    return await _answer_once(
+        session, customer_id=customer_id, key=key, operation="redemption", body=body.model_dump(), act=act
+    )
+
+
+_CREATED: dict[int | str, dict[str, Any]] = {
+    201: {"model": RedemptionRead},
+    409: {"description": "beyond the balance; nothing changed"},
+}
+
+
+@router.post("/members/{customer_id}/redemptions", status_code=201, responses=_CREATED, dependencies=WRITE)
+async def redeem_member_points(
+    customer_id: CustomerId, body: RedemptionCreate, key: IdempotencyKeyHeader, session: SessionDep, request: Request
+) -> Response:
+    return await _redeem(session, request, customer_id, key, body)
+
+
+@router.post("/me/redemptions", status_code=201, responses=_CREATED)
+async def redeem_my_points(
+    customer: CustomerDep, body: RedemptionCreate, key: IdempotencyKeyHeader, session: SessionDep, request: Request
+) -> Response:
+    return await _redeem(session, request, customer.customer_id, key, body)
+
+
+@router.post(
+    "/members/{customer_id}/adjustments",
+    status_code=201,
+    responses={201: {"model": AdjustmentRead}, 409: {"description": "a debit beyond the balance"}},
+    dependencies=ADMIN,
+)
+async def adjust_member_points(
+    customer_id: CustomerId,
+    body: AdjustmentCreate,
+    session: SessionDep,
+    request: Request,
+    cache: RulesCacheDep,
+    key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
+) -> Response:
+    limit = request.app.state.settings.adjustment_max_points
+    if body.points == 0 or abs(body.points) > limit:
+        raise RequestValidationError(
+            [{"loc": ("body", "points"), "msg": f"must be non-zero, at most {limit} either way", "type": "value_error"}]
+        )
+
+    async def act() -> dict[str, Any]:
+        moved = await service.adjust(
+            session, customer_id=customer_id, points=body.points, reason=body.reason, fallback=cache.fallback
+        )
+        answer = AdjustmentRead(adjustment_id=moved.cause_id, **_movement(moved, body.points, body.reason))
+        return answer.model_dump(mode="json")
+
+    # Without a key each request adjusts; with one, the same key replays the first answer.
+    return await _answer_once(
+        session,
+        customer_id=customer_id,
+        key=key,
+        operation="adjustment",
+        body=body.model_dump(),
+        act=act,
+    )
+
+
+@router.get("/rules", response_model=RulesRead, dependencies=ADMIN)
+async def get_rules(session: SessionDep, cache: RulesCacheDep) -> RulesRead:
+    current, version = await rules.current_rules(session, fallback=cache.fallback)
+    return RulesRead(**current.model_dump(), version=version)
+
+
+@router.put("/rules", response_model=RulesRead, dependencies=ADMIN)
+async def replace_rules(body: EarningRules, session: SessionDep, cache: RulesCacheDep) -> RulesRead:
+    version = await rules.replace_rules(session, rules=body)
+    cache.forget()
+    return RulesRead(**body.model_dump(), version=version)
+
+
+@router.get("/campaigns", response_model=list[CampaignRead], dependencies=ADMIN)
+async def list_campaigns(session: SessionDep) -> list[CampaignRead]:
+    return [CampaignRead.model_validate(c) for c in await rules.list_campaigns(session)]
+
+
+@router.post("/campaigns", response_model=CampaignRead, status_code=201, dependencies=ADMIN)
+async def create_campaign(body: CampaignWrite, session: SessionDep) -> CampaignRead:
+    campaign = await rules.create_campaign(session, campaign=body)
+    await session.refresh(campaign)
+    return CampaignRead.model_validate(campaign)
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignRead, dependencies=ADMIN)
+async def get_campaign(campaign_id: str, session: SessionDep) -> CampaignRead:
+    campaign = await rules.get_campaign(session, campaign_id=campaign_id)
+    if campaign is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "campaign not found")
+    return CampaignRead.model_validate(campaign)
+
+
+@router.put("/campaigns/{campaign_id}", response_model=CampaignRead, dependencies=ADMIN)
+async def replace_campaign(campaign_id: str, body: CampaignWrite, session: SessionDep) -> CampaignRead:
+    campaign = await rules.replace_campaign(session, campaign_id=campaign_id, campaign=body)
+    if campaign is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "campaign not found")
+    return CampaignRead.model_validate(campaign)
+
+
+@router.delete("/campaigns/{campaign_id}", status_code=204, dependencies=ADMIN)
+async def delete_campaign(campaign_id: str, session: SessionDep) -> Response:
+    if not await rules.delete_campaign(session, campaign_id=campaign_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "campaign not found")
+    return Response(status_code=204)

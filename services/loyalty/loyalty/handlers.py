@@ -1,28 +1,122 @@
-"""What loyalty does with each event it consumes."""
+"""What loyalty does with each event it consumes.
+
+`handlers_for(program)` binds the rules file (used until rules are stored in the database);
+`HANDLERS` is the map without a file.
+"""
 
 from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loyalty import service
-from loyalty.events import PurchaseCompleted
+from loyalty.events import (
+    CustomerIdentified,
+    ErasureRequested,
+    FeedbackSubmitted,
+    PurchaseCompleted,
+    PurchaseRefunded,
+    SegmentMembershipChanged,
+)
+from loyalty.rules import ProgramFile, current_rules
 from shared.consumer import HandlerMap
 from shared.envelope import Envelope
 
-# The base earning rate until configurable earning rules arrive: one point per whole currency unit.
-BASE_POINTS_PER_UNIT = 1
+
+async def _erased(session: AsyncSession, customer_id: str, occurred_at: datetime | None) -> bool:
+    return await service.erased_before(session, customer_id=customer_id, occurred_at=occurred_at)
 
 
-async def credit_purchase(session: AsyncSession, event: Envelope) -> None:
+async def credit_purchase(session: AsyncSession, event: Envelope, *, program: ProgramFile | None = None) -> None:
     purchase = PurchaseCompleted.model_validate(event.data)
-    await service.earn(
+    if await _erased(session, purchase.customer_id, purchase.occurred_at):
+        return
+    await service.credit_purchase(session, purchase=purchase, program=program)
+
+
+async def reverse_refund(session: AsyncSession, event: Envelope) -> None:
+    refund = PurchaseRefunded.model_validate(event.data)
+    if not await _erased(session, refund.customer_id, refund.occurred_at):
+        await service.record_refund(session, refund=refund)
+
+
+async def enroll_identified_customer(session: AsyncSession, event: Envelope) -> None:
+    identified = CustomerIdentified.model_validate(event.data)
+    if not await _erased(session, identified.customer_id, identified.occurred_at or event.time):
+        await service.enroll(session, customer_id=identified.customer_id)
+
+
+async def credit_segment_entry(session: AsyncSession, event: Envelope, *, program: ProgramFile | None = None) -> None:
+    change = await _record_segment_change(session, event, member=True)
+    if change is None:
+        return
+    rules, _ = await current_rules(session, fallback=program.rules() if program else None)
+    await service.credit_segment_bonus(
         session,
-        customer_id=purchase.customer_id,
-        points=service.points_for_amount(purchase.total, BASE_POINTS_PER_UNIT),
-        cause_type="order",
-        cause_id=purchase.order_id,
-        occurred_at=purchase.occurred_at,
+        customer_id=change.customer_id,
+        segment_key=change.segment_key,
+        occurred_at=change.occurred_at,
+        rules=rules,
     )
 
 
-HANDLERS: HandlerMap = {"purchase.completed": [credit_purchase]}
+async def record_segment_exit(session: AsyncSession, event: Envelope) -> None:
+    await _record_segment_change(session, event, member=False)
+
+
+async def _record_segment_change(
+    session: AsyncSession, event: Envelope, *, member: bool
+) -> SegmentMembershipChanged | None:
+    """Update loyalty's copy of the membership; None when the customer was erased after the event."""
+    change = SegmentMembershipChanged.model_validate(event.data)
+    if await _erased(session, change.customer_id, change.occurred_at):
+        return None
+    await service.record_segment_change(
+        session,
+        customer_id=change.customer_id,
+        segment_key=change.segment_key,
+        member=member,
+        occurred_at=change.occurred_at,
+    )
+    return change
+
+
+async def credit_feedback(session: AsyncSession, event: Envelope, *, program: ProgramFile | None = None) -> None:
+    feedback = FeedbackSubmitted.model_validate(event.data)
+    if not feedback.order_id or await _erased(session, feedback.customer_id, feedback.occurred_at):
+        return  # Only feedback on an order earns; none for an erased customer.
+    rules, _ = await current_rules(session, fallback=program.rules() if program else None)
+    await service.credit_feedback(
+        session,
+        customer_id=feedback.customer_id,
+        order_id=feedback.order_id,
+        occurred_at=feedback.occurred_at,
+        rules=rules,
+    )
+
+
+async def erase_member(session: AsyncSession, event: Envelope) -> None:
+    request = ErasureRequested.model_validate(event.data)
+    await service.erase_member(
+        session,
+        customer_id=request.customer_id,
+        request_id=request.request_id,
+        requested_at=request.requested_at or event.time,
+    )
+
+
+def handlers_for(program: ProgramFile | None) -> HandlerMap:
+    return {
+        "purchase.completed": [partial(credit_purchase, program=program)],
+        "purchase.refunded": [reverse_refund],
+        "customer.identified": [enroll_identified_customer],
+        "segment.entered": [partial(credit_segment_entry, program=program)],
+        "segment.exited": [record_segment_exit],
+        "feedback.submitted": [partial(credit_feedback, program=program)],
+        "customer.erasure_requested": [erase_member],
+    }
+
+
+HANDLERS: HandlerMap = handlers_for(None)

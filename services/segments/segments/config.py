@@ -11,3 +11,27 @@ class SegmentsSettings(ServiceSettings):
     service_name: str = "segments"
     database_url: str = default_database_url("segments")
     port: int = 8003
+
+    # Full recompute (RFM, predictions, clusters, every segment's membership) on a schedule; 0 turns it off.
+    recompute_interval_seconds: float = 6 * 3600.0
+    # After a start, a recompute runs this soon if the last one is older than the interval.
+    recompute_first_delay_seconds: float = 30.0
+    # Predictive models.
+    clv_horizon_days: int = 365
+    expected_purchases_days: int = 90
+    annual_discount_rate: float = 0.10
+    # Customers the scheduled BG/NBD + Gamma-Gamma fit uses (a random sample above this; all predicted).
+    clv_fit_sample: int = 50_000
+    churn_risk_p_alive_below: float = 0.3
+    top_value_share: float = 0.10
+    # Clusters.
+    cluster_k: int | None = None  # None: chosen by silhouette in [cluster_k_min, cluster_k_max]
+    cluster_k_min: int = 3
+    cluster_k_max: int = 8
+    cluster_fit_sample: int = 100_000
+    cluster_silhouette_sample: int = 5_000
+    cluster_seed: int = 7
+    cluster_threads: int = 1
+    # Rule segments.
+    preview_sample_size: int = 20
+    max_rule_nodes: int = 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from segments.api import router
 from segments.config import SegmentsSettings
 from segments.worker import build_runtime
 from shared.app import create_service_app, serve
@@ -11,7 +12,7 @@ from shared.app import create_service_app, serve
 
 def create_app(settings: SegmentsSettings | None = None) -> FastAPI:
     settings = settings or SegmentsSettings()
-    return create_service_app(title="Segments", settings=settings, runtime=build_runtime(settings), routers=[])
+    return create_service_app(title="Segments", settings=settings, runtime=build_runtime(settings), routers=[router])
 
 
 def main() -> None:

@@ -1,0 +1,79 @@
+"""Per-customer order facts as of a moment, from segments' own copy of orders and refunds.
+
+One SQL text serves the whole base (into a temporary table) and a single customer, so a full
+recompute and a real-time update can never read the facts differently. Purchase occasions are
+UTC calendar days: several orders on one day are one occasion, as in the BG/NBD papers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def facts_sql(*, customer_filter: bool) -> str:
+    order_filter = "AND o.customer_id = :customer_id" if customer_filter else ""
+    refund_filter = "AND f.customer_id = :customer_id" if customer_filter else ""
+    return f"""
+    WITH refund_by_order AS (
+        SELECT f.order_id, sum(f.amount) AS amount FROM refunds f
+        WHERE f.occurred_at <= :as_of {refund_filter} GROUP BY f.order_id
+    ),
+    refund_by_customer AS (
+        SELECT f.customer_id, sum(f.amount) AS amount FROM refunds f
+        WHERE f.occurred_at <= :as_of {refund_filter} GROUP BY f.customer_id
+    ),
+    days AS (
+        SELECT o.customer_id, (o.occurred_at AT TIME ZONE 'UTC')::date AS day, count(*) AS orders,
+               sum(o.amount) AS gross, sum(o.amount - coalesce(r.amount, 0)) AS spend
+        FROM orders o LEFT JOIN refund_by_order r ON r.order_id = o.order_id
+        WHERE o.occurred_at <= :as_of {order_filter}
+        GROUP BY o.customer_id, (o.occurred_at AT TIME ZONE 'UTC')::date
+    ),
+    ranked AS (SELECT d.*, min(d.day) OVER (PARTITION BY d.customer_id) AS first_day FROM days d)
+    SELECT k.customer_id, min(k.day) AS first_day, max(k.day) AS last_day,
+           (CAST(:as_of AS timestamptz) AT TIME ZONE 'UTC')::date - max(k.day) AS recency_days,
+           (CAST(:as_of AS timestamptz) AT TIME ZONE 'UTC')::date - min(k.day) AS tenure_days,
+           sum(k.orders)::int AS frequency,
+           sum(k.gross) - coalesce(max(rc.amount), 0) AS monetary,
+           count(*)::int - 1 AS repeat_days,
+           coalesce(sum(k.spend) FILTER (WHERE k.day > k.first_day), 0) AS repeat_spend
+    FROM ranked k LEFT JOIN refund_by_customer rc ON rc.customer_id = k.customer_id
+    GROUP BY k.customer_id
+    """
+
+
+@dataclass(frozen=True)
+class CustomerFacts:
+    customer_id: str
+    first_day: date
+    last_day: date
+    recency_days: int
+    tenure_days: int
+    frequency: int
+    monetary: Decimal
+    repeat_days: int
+    repeat_spend: Decimal
+
+
+async def load_customer_facts(session: AsyncSession, *, customer_id: str, as_of: datetime) -> CustomerFacts | None:
+    row = (
+        await session.execute(text(facts_sql(customer_filter=True)), {"as_of": as_of, "customer_id": customer_id})
+    ).first()
+    return None if row is None else CustomerFacts(**row._asdict())
+
+
+async def build_facts_table(session: AsyncSession, *, as_of: datetime) -> int:
+    """Materialise everyone's facts in the temporary table customer_facts; returns how many customers."""
+    await session.execute(text("DROP TABLE IF EXISTS customer_facts"))
+    await session.execute(
+        text(f"CREATE TEMPORARY TABLE customer_facts ON COMMIT DROP AS {facts_sql(customer_filter=False)}"),
+        {"as_of": as_of},
+    )
+    await session.execute(text("ALTER TABLE customer_facts ADD PRIMARY KEY (customer_id)"))
+    await session.execute(text("ANALYZE customer_facts"))
+    return int((await session.execute(text("SELECT count(*) FROM customer_facts"))).scalar_one())

@@ -1,0 +1,150 @@
+"""Membership changes, set-based: diff the wanted members against the stored ones in one statement.
+
+Entries are `INSERT ... ON CONFLICT DO NOTHING RETURNING` and exits `DELETE ... RETURNING`, and the
+history rows and outbox events are written from exactly those returned rows, in the same statement.
+So an event exists only for a row that really changed: a redelivered input, a repeated recompute
+or a real-time update racing a recompute can never publish a second entered (or exited) for the
+same stay, and nothing is published when nothing changed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.topics import SEGMENT_MEMBERSHIP
+
+SOURCE = "cx.segments"
+# Whole-base work holds this exclusively and one-customer updates share it: they never interleave,
+# so they cannot deadlock on each other's rows (a real-time update waits for a running recompute).
+BASE_LOCK = zlib.crc32(b"segments:whole-base")
+ENTERED = "segment.entered"
+EXITED = "segment.exited"
+
+
+@dataclass(frozen=True)
+class Changes:
+    entered: int = 0
+    exited: int = 0
+
+    def __add__(self, other: Changes) -> Changes:
+        return Changes(self.entered + other.entered, self.exited + other.exited)
+
+
+async def lock_whole_base(session: AsyncSession) -> None:
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BASE_LOCK})
+
+
+async def lock_for_one_customer(session: AsyncSession) -> None:
+    await session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": BASE_LOCK})
+
+
+def _diff_sql(targets_sql: str, customer_filter: bool) -> str:
+    """`targets_sql` yields (segment_id, customer_id, reason) for the segments in :segment_ids."""
+    only_customer = "AND m.customer_id = :customer_id" if customer_filter else ""
+    # The envelope is built here rather than in Python: a recompute may publish millions of events.
+    envelope = """json_build_object(
+            'specversion', '1.0', 'id', c.event_id, 'source', CAST(:source AS text), 'type', c.type,
+            'time', CAST(:at_text AS text),
+            'subject', c.customer_id, 'datacontenttype', 'application/json',
+            'data', json_build_object(
+                'customer_id', c.customer_id, 'segment_id', c.segment_id, 'segment_key', s.key,
+                'segment_name', s.name, 'kind', s.kind, 'reason', c.reason,
+                'occurred_at', CAST(:at_text AS text)))::text"""
+    return f"""
+    WITH target AS MATERIALIZED ({targets_sql}),
+    exited AS (
+        DELETE FROM segment_members m
+        WHERE m.segment_id = ANY(CAST(:segment_ids AS text[])) {only_customer}
+          AND NOT EXISTS (SELECT 1 FROM target t WHERE t.segment_id = m.segment_id AND t.customer_id = m.customer_id)
+        RETURNING m.segment_id, m.customer_id, m.reason
+    ),
+    entered AS (
+        INSERT INTO segment_members (segment_id, customer_id, reason, entered_at)
+        SELECT t.segment_id, t.customer_id, t.reason, CAST(:at AS timestamptz) FROM target t
+        WHERE NOT EXISTS (
+            SELECT 1 FROM segment_members m
+            WHERE m.segment_id = ANY(CAST(:segment_ids AS text[])) {only_customer}
+              AND m.segment_id = t.segment_id AND m.customer_id = t.customer_id)
+        ON CONFLICT DO NOTHING
+        RETURNING segment_id, customer_id, reason
+    ),
+    changes AS (
+        SELECT gen_random_uuid()::text AS event_id, 'segment.entered' AS type, 'entered' AS change,
+               segment_id, customer_id, reason FROM entered
+        UNION ALL
+        SELECT gen_random_uuid()::text, 'segment.exited', 'exited', segment_id, customer_id,
+               'no longer: ' || reason FROM exited
+    ),
+    logged AS (
+        INSERT INTO membership_changes (segment_id, customer_id, change, reason, occurred_at)
+        SELECT segment_id, customer_id, change, reason, CAST(:at AS timestamptz) FROM changes
+    ),
+    published AS (
+        INSERT INTO outbox (event_id, topic, key, payload)
+        SELECT c.event_id, CAST(:topic AS text), c.customer_id, {envelope}
+        FROM changes c JOIN segments s ON s.id = c.segment_id
+    )
+    SELECT count(*) FILTER (WHERE change = 'entered') AS entered,
+           count(*) FILTER (WHERE change = 'exited') AS exited
+    FROM changes
+    """
+
+
+async def apply_memberships(
+    session: AsyncSession,
+    *,
+    segment_ids: Sequence[str],
+    targets_sql: str,
+    params: Mapping[str, Any],
+    at: datetime,
+    customer_id: str | None = None,
+) -> Changes:
+    """Make the members of `segment_ids` (all customers, or just `customer_id`) be `targets_sql`."""
+    if not segment_ids:
+        return Changes()
+    values = {
+        **params,
+        "segment_ids": list(segment_ids),
+        "at": at,
+        "at_text": at.isoformat(),
+        "source": SOURCE,
+        "topic": SEGMENT_MEMBERSHIP,
+    }
+    if customer_id is not None:
+        values["customer_id"] = customer_id
+    else:
+        await lock_whole_base(session)
+        # Whole-base diffs must hash-join: a nested loop re-scanning the table being filled is quadratic.
+        await session.execute(text("SET LOCAL enable_nestloop = off"))
+    row = (await session.execute(text(_diff_sql(targets_sql, customer_id is not None)), values)).one()
+    return Changes(int(row.entered), int(row.exited))
+
+
+async def apply_customer_memberships(
+    session: AsyncSession,
+    *,
+    customer_id: str,
+    segment_ids: Sequence[str],
+    wanted: Mapping[str, str],
+    at: datetime,
+) -> Changes:
+    """One customer: `wanted` maps each segment (of `segment_ids`) they belong to now to the reason."""
+    targets = (
+        "SELECT w.segment_id, CAST(:customer_id AS text) AS customer_id, w.reason "
+        "FROM unnest(CAST(:wanted_ids AS text[]), CAST(:wanted_reasons AS text[])) AS w(segment_id, reason)"
+    )
+    return await apply_memberships(
+        session,
+        segment_ids=segment_ids,
+        targets_sql=targets,
+        params={"wanted_ids": list(wanted), "wanted_reasons": list(wanted.values())},
+        at=at,
+        customer_id=customer_id,
+    )

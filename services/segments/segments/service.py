@@ -1,0 +1,555 @@
+"""Segments' domain operations. They never commit: the request or the consumed message does."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Row, delete, literal, select, text
+from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from segments import clusters, clv, rfm, rules
+from segments.config import SegmentsSettings
+from segments.events import ErasureRequested, ProfileUpdated, PurchaseCompleted, PurchaseRefunded
+from segments.facts import CustomerFacts, build_facts_table, facts_sql, load_customer_facts
+from segments.membership import Changes, apply_customer_memberships, apply_memberships, lock_for_one_customer
+from segments.models import (
+    ClvModel,
+    Customer,
+    CustomerProfile,
+    MembershipChange,
+    Order,
+    Prediction,
+    Refund,
+    RfmCutPoints,
+    RfmScore,
+    Segment,
+    SegmentMember,
+    SegmentSize,
+)
+from segments.recompute import (
+    clustering_of,
+    clv_model_row,
+    fact_arrays,
+    latest_cluster_model,
+    rule_targets,
+    store_cut_points,
+    write_predictions,
+)
+from shared.envelope import new_event
+from shared.outbox import OutgoingMessage, add_to_outbox
+from shared.topics import ERASURE_CONFIRMATIONS
+
+NO_TARGETS = "SELECT NULL::text AS segment_id, NULL::text AS customer_id, NULL::text AS reason WHERE false"
+
+
+class SegmentConflict(Exception):
+    """The change is not allowed for this segment (built-in, deleted, or its key is taken)."""
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+async def _ensure_customer(session: AsyncSession, customer_id: str) -> None:
+    await session.execute(insert(Customer).values(customer_id=customer_id).on_conflict_do_nothing())
+
+
+async def _record_once(session: AsyncSession, *, customer_id: str, fact: Insert, settings: SegmentsSettings) -> Changes:
+    """Keep a fact once (its own id is the key), then bring the customer's scores and segments up to date."""
+    await _ensure_customer(session, customer_id)
+    if (await session.execute(fact.on_conflict_do_nothing().returning(literal(1)))).scalar() is None:
+        return Changes()  # seen before: a redelivery changes nothing
+    return await refresh_customer(session, customer_id=customer_id, settings=settings)
+
+
+async def record_purchase(session: AsyncSession, *, purchase: PurchaseCompleted, settings: SegmentsSettings) -> Changes:
+    order = insert(Order).values(
+        order_id=purchase.order_id,
+        customer_id=purchase.customer_id,
+        occurred_at=purchase.occurred_at,
+        amount=purchase.total,
+        currency=purchase.currency.upper(),
+    )
+    return await _record_once(session, customer_id=purchase.customer_id, fact=order, settings=settings)
+
+
+async def record_refund(session: AsyncSession, *, refund: PurchaseRefunded, settings: SegmentsSettings) -> Changes:
+    row = insert(Refund).values(
+        refund_id=refund.refund_id,
+        order_id=refund.order_id,
+        customer_id=refund.customer_id,
+        occurred_at=refund.occurred_at,
+        amount=refund.amount,
+    )
+    return await _record_once(session, customer_id=refund.customer_id, fact=row, settings=settings)
+
+
+async def record_profile(session: AsyncSession, *, update: ProfileUpdated, settings: SegmentsSettings) -> Changes:
+    """Keep the snapshot only if its version is newer than the one held (stale ones change nothing)."""
+    await _ensure_customer(session, update.customer_id)
+    statement = insert(CustomerProfile).values(
+        customer_id=update.customer_id, version=update.version, profile=update.profile, occurred_at=update.occurred_at
+    )
+    applied = (
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[CustomerProfile.customer_id],
+                set_={
+                    "version": statement.excluded.version,
+                    "profile": statement.excluded.profile,
+                    "occurred_at": statement.excluded.occurred_at,
+                    "updated_at": datetime.now(UTC),
+                },
+                where=statement.excluded.version > CustomerProfile.version,
+            ).returning(CustomerProfile.customer_id)
+        )
+    ).scalar()
+    if applied is None:
+        return Changes()
+    return await refresh_customer(session, customer_id=update.customer_id, settings=settings)
+
+
+async def erase_customer(session: AsyncSession, *, request: ErasureRequested) -> None:
+    """Forget the customer: they leave every segment (events published), then their rows go."""
+    customer_id = request.customer_id
+    await lock_for_one_customer(session)
+    current = (
+        await session.execute(select(SegmentMember.segment_id).where(SegmentMember.customer_id == customer_id))
+    ).scalars()
+    await apply_customer_memberships(
+        session, customer_id=customer_id, segment_ids=list(current), wanted={}, at=datetime.now(UTC)
+    )
+    for table in (MembershipChange, Prediction, RfmScore, CustomerProfile, Refund, Order, Customer):
+        await session.execute(delete(table).where(table.customer_id == customer_id))
+    confirmed = new_event(
+        type="erasure.confirmed",
+        source="cx.segments",
+        subject=customer_id,
+        data={
+            "request_id": request.request_id,
+            "customer_id": customer_id,
+            "service": "segments",
+            "confirmed_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    await add_to_outbox(session, [OutgoingMessage(ERASURE_CONFIRMATIONS["segments"], customer_id, confirmed)])
+
+
+# --- one customer, in real time ---------------------------------------------------------------
+
+
+async def refresh_customer(
+    session: AsyncSession,
+    *,
+    customer_id: str,
+    settings: SegmentsSettings,
+    as_of: datetime | None = None,
+    at: datetime | None = None,
+) -> Changes:
+    """Score one customer against the stored cut-points and models, and sync all their memberships."""
+    as_of = as_of or datetime.now(UTC)
+    at = at or datetime.now(UTC)
+    await lock_for_one_customer(session)
+    facts = await load_customer_facts(session, customer_id=customer_id, as_of=as_of)
+    await _score_rfm(session, customer_id=customer_id, facts=facts, as_of=as_of)
+    model = await _predict(session, customer_id=customer_id, facts=facts, settings=settings, at=at)
+    attributes = await customer_attributes(session, customer_id=customer_id)
+    active = (await session.execute(select(Segment).where(Segment.status == "active"))).scalars().all()
+    cluster = await _cluster_of(session, facts) if facts is not None else None
+    wanted: dict[str, str] = dict([cluster] if cluster else [])
+    for segment in active:
+        reason = _match(segment, attributes, model, settings, as_of)
+        if reason is not None:
+            wanted[segment.id] = reason
+    live = {s.id for s in active}
+    wanted = {segment_id: reason for segment_id, reason in wanted.items() if segment_id in live}
+    return await apply_customer_memberships(
+        session, customer_id=customer_id, segment_ids=[s.id for s in active], wanted=wanted, at=at
+    )
+
+
+def _match(
+    segment: Segment,
+    attributes: dict[str, Any],
+    model: ClvModel | None,
+    settings: SegmentsSettings,
+    as_of: datetime,
+) -> str | None:
+    """The reason the customer belongs to `segment` now, or None; mirrors the SQL of recompute.py."""
+    if segment.kind == "rfm":
+        if attributes.get("rfm_segment") != segment.name:
+            return None
+        a = attributes
+        return f"R{a['r_score']} F{a['f_score']} M{a['m_score']}: {a['rfm_segment']}"
+    if segment.kind == "rule":
+        parsed = rules.parse_rule(segment.rule, max_nodes=settings.max_rule_nodes)
+        return "matches " + rules.describe(parsed) if rules.evaluate(parsed, attributes, as_of=as_of) else None
+    if segment.kind == "predictive":
+        return _predictive_reason(segment.id, attributes, model, settings)
+    return None  # clusters: see _cluster_of
+
+
+def _predictive_reason(
+    segment_id: str, attributes: dict[str, Any], model: ClvModel | None, settings: SegmentsSettings
+) -> str | None:
+    p_alive, value = attributes.get("p_alive"), attributes.get("clv_365d")
+    churn_below = Decimal(str(settings.churn_risk_p_alive_below))
+    if segment_id == "churn-risk" and p_alive is not None and p_alive < churn_below:
+        return f"p_alive {p_alive} below {churn_below}"
+    cut = model.top_value_cut if model is not None else None
+    if segment_id == "top-predicted-value" and value is not None and cut is not None and value >= cut and value > 0:
+        return f"clv_365d {value} at or above {cut}"
+    return None
+
+
+async def _cluster_of(session: AsyncSession, facts: CustomerFacts) -> tuple[str, str] | None:
+    """The cluster segment whose centre is nearest (the last fit's scaler and centres) and why."""
+    model = await latest_cluster_model(session)
+    if model is None:
+        return None
+    raw = clusters.feature_matrix(
+        np.array([facts.recency_days], dtype=np.float64),
+        np.array([facts.frequency], dtype=np.float64),
+        np.array([float(facts.monetary)]),
+        np.array([facts.tenure_days], dtype=np.float64),
+    )
+    clustering = clustering_of(model)
+    label = int(clustering.assign(raw)[0])
+    return model.segment_ids[label], f"closest to the centre of: {clusters.describe(clustering.centres[label])}"
+
+
+async def _score_rfm(session: AsyncSession, *, customer_id: str, facts: CustomerFacts | None, as_of: datetime) -> None:
+    cuts = (await session.execute(select(RfmCutPoints).order_by(RfmCutPoints.id.desc()).limit(1))).scalar_one_or_none()
+    if cuts is None and facts is not None:
+        # Before the first full recompute (a new system) the base is small: take its cut-points now.
+        everyone = f"({facts_sql(customer_filter=False)}) AS base"
+        cuts = await store_cut_points(session, as_of=as_of, facts=everyone)
+    if facts is None or cuts is None:
+        await session.execute(delete(RfmScore).where(RfmScore.customer_id == customer_id))
+        return
+    values = rfm_values(facts, cuts, as_of)
+    statement = insert(RfmScore).values(customer_id=customer_id, **values)
+    await session.execute(statement.on_conflict_do_update(index_elements=[RfmScore.customer_id], set_=values))
+
+
+def rfm_values(facts: CustomerFacts, cuts: RfmCutPoints, as_of: datetime) -> dict[str, Any]:
+    """One customer's RFM row, scored against stored cut-points."""
+    r = rfm.score_lower_better(facts.recency_days, cuts.recency)
+    f = rfm.score_higher_better(facts.frequency, cuts.frequency)
+    m = rfm.score_higher_better(facts.monetary, cuts.monetary)
+    return {
+        "as_of": as_of,
+        "recency_days": facts.recency_days,
+        "frequency": facts.frequency,
+        "monetary": facts.monetary,
+        "r_score": r,
+        "f_score": f,
+        "m_score": m,
+        "rfm_segment": rfm.rfm_segment(r, f, m).name,
+    }
+
+
+async def rfm_as_of(session: AsyncSession, *, customer_id: str, as_of: datetime) -> dict[str, Any] | None:
+    """RFM of one customer at another moment, against the current cut-points; nothing is stored."""
+    facts = await load_customer_facts(session, customer_id=customer_id, as_of=as_of)
+    cuts = (await session.execute(select(RfmCutPoints).order_by(RfmCutPoints.id.desc()).limit(1))).scalar_one_or_none()
+    if facts is None or cuts is None:
+        return None
+    return {"customer_id": customer_id, **rfm_values(facts, cuts, as_of)}
+
+
+async def active_clv_model(session: AsyncSession) -> ClvModel | None:
+    return (
+        await session.execute(select(ClvModel).where(ClvModel.active).order_by(ClvModel.id.desc()).limit(1))
+    ).scalar_one_or_none()
+
+
+async def _predict(
+    session: AsyncSession, *, customer_id: str, facts: CustomerFacts | None, settings: SegmentsSettings, at: datetime
+) -> ClvModel | None:
+    model = await active_clv_model(session)
+    if facts is None:
+        await session.execute(delete(Prediction).where(Prediction.customer_id == customer_id))
+        return model
+    if model is None:
+        return None
+    x = np.array([facts.repeat_days], dtype=np.float64)
+    m_x = np.array([float(facts.repeat_spend) / facts.repeat_days if facts.repeat_days else 0.0])
+    predicted = clv.predict(
+        clv.BgNbd(model.r, model.alpha_days, model.a, model.b),
+        clv.GammaGamma(model.p, model.q, model.gamma) if model.p and model.q and model.gamma else None,
+        x=x,
+        t_x=np.array([facts.tenure_days - facts.recency_days], dtype=np.float64),
+        T=np.array([facts.tenure_days], dtype=np.float64),
+        m_x=m_x,
+        purchases_days=settings.expected_purchases_days,
+        horizon_days=settings.clv_horizon_days,
+        annual_discount_rate=settings.annual_discount_rate,
+    )
+    await write_predictions(session, ids=[customer_id], predicted=predicted, model_id=model.id, at=at)
+    return model
+
+
+async def customer_attributes(session: AsyncSession, *, customer_id: str) -> dict[str, Any]:
+    """The customer_attributes row rules read (empty if segments never heard of the customer)."""
+    row = (
+        (
+            await session.execute(
+                text("SELECT * FROM customer_attributes WHERE customer_id = :id").columns(profile=JSONB),
+                {"id": customer_id},
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row is not None else {}
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+async def get_rfm(session: AsyncSession, *, customer_id: str) -> RfmScore | None:
+    return await session.get(RfmScore, customer_id)
+
+
+async def get_predictions(session: AsyncSession, *, customer_id: str) -> Prediction | None:
+    return await session.get(Prediction, customer_id)
+
+
+async def get_segment(session: AsyncSession, *, segment_id: str) -> Segment | None:
+    segment = await session.get(Segment, segment_id)
+    return segment if segment is not None and segment.status != "deleted" else None
+
+
+async def segment_size(session: AsyncSession, *, segment_id: str) -> int:
+    statement = text("SELECT count(*) FROM segment_members WHERE segment_id = :id")
+    return int((await session.execute(statement, {"id": segment_id})).scalar_one())
+
+
+async def list_segments(session: AsyncSession, *, kind: str | None = None) -> list[tuple[Segment, int]]:
+    query = select(Segment).where(Segment.status == "active").order_by(Segment.kind, Segment.key)
+    if kind:
+        query = query.where(Segment.kind == kind)
+    segments = (await session.execute(query)).scalars().all()
+    counted = await session.execute(
+        text(
+            "SELECT segment_id, count(*) AS size FROM segment_members"
+            " WHERE segment_id = ANY(CAST(:ids AS text[])) GROUP BY segment_id"
+        ),
+        {"ids": [s.id for s in segments]},
+    )
+    sizes: dict[str, int] = {row.segment_id: int(row.size) for row in counted}
+    return [(segment, int(sizes.get(segment.id, 0))) for segment in segments]
+
+
+async def segment_members(
+    session: AsyncSession, *, segment_id: str, limit: int, after: str | None
+) -> Sequence[SegmentMember]:
+    query = select(SegmentMember).where(SegmentMember.segment_id == segment_id)
+    if after:
+        query = query.where(SegmentMember.customer_id > after)
+    return (await session.execute(query.order_by(SegmentMember.customer_id).limit(limit))).scalars().all()
+
+
+async def customer_segments(session: AsyncSession, *, customer_id: str) -> Sequence[Row[SegmentMember, Segment]]:
+    return (
+        await session.execute(
+            select(SegmentMember, Segment)
+            .join(Segment, Segment.id == SegmentMember.segment_id)
+            .where(SegmentMember.customer_id == customer_id)
+            .order_by(Segment.kind, Segment.key)
+        )
+    ).all()
+
+
+async def membership_history(
+    session: AsyncSession,
+    *,
+    segment_id: str | None = None,
+    customer_id: str | None = None,
+    limit: int,
+    before: int | None = None,
+) -> Sequence[Row[MembershipChange, Segment]]:
+    """Changes newest first; `before` is the id of the last change of the previous page."""
+    query = select(MembershipChange, Segment).join(Segment, Segment.id == MembershipChange.segment_id)
+    if segment_id:
+        query = query.where(MembershipChange.segment_id == segment_id)
+    if customer_id:
+        query = query.where(MembershipChange.customer_id == customer_id)
+    if before:
+        query = query.where(MembershipChange.id < before)
+    return (await session.execute(query.order_by(MembershipChange.id.desc()).limit(limit))).all()
+
+
+async def segment_sizes(session: AsyncSession, *, segment_id: str, limit: int) -> Sequence[SegmentSize]:
+    query = select(SegmentSize).where(SegmentSize.segment_id == segment_id)
+    rows = (await session.execute(query.order_by(SegmentSize.measured_at.desc()).limit(limit))).scalars().all()
+    return list(reversed(rows))
+
+
+# --- rule segments ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preview:
+    count: int
+    sample: list[str]
+    description: str
+
+
+async def preview_rule(
+    session: AsyncSession, *, rule: dict[str, Any], settings: SegmentsSettings, sample_size: int
+) -> Preview:
+    """How many customers a rule matches now, and a few of them, without saving anything."""
+    parsed = rules.parse_rule(rule, max_nodes=settings.max_rule_nodes)
+    compiled = rules.to_sql(parsed)
+    params = {**compiled.params, "as_of": datetime.now(UTC)}
+    where = f"FROM customer_attributes a WHERE {compiled.sql}"
+    count = (await session.execute(text(f"SELECT count(*) {where}"), params)).scalar_one()
+    sample = (
+        await session.execute(
+            text(f"SELECT a.customer_id {where} ORDER BY a.customer_id LIMIT :limit"), {**params, "limit": sample_size}
+        )
+    ).scalars()
+    return Preview(int(count), list(sample), rules.describe(parsed))
+
+
+async def _sync_rule_segment(session: AsyncSession, segment: Segment, settings: SegmentsSettings) -> Changes:
+    sql, params = rule_targets(segment, max_nodes=settings.max_rule_nodes, source="customer_attributes")
+    return await apply_memberships(
+        session,
+        segment_ids=[segment.id],
+        targets_sql=sql,
+        params={**params, "as_of": datetime.now(UTC)},
+        at=datetime.now(UTC),
+    )
+
+
+async def create_rule_segment(
+    session: AsyncSession,
+    *,
+    key: str,
+    name: str,
+    description: str,
+    rule: dict[str, Any],
+    settings: SegmentsSettings,
+) -> Segment:
+    """Save a rule segment and compute its members at once (entered events for each)."""
+    rules.parse_rule(rule, max_nodes=settings.max_rule_nodes)
+    taken = (await session.execute(select(Segment.id).where(Segment.key == key))).scalar()
+    if taken is not None:
+        raise SegmentConflict(f"segment key '{key}' is already used")
+    segment = Segment(
+        id=f"seg_{uuid.uuid4().hex[:20]}", key=key, name=name, kind="rule", description=description, rule=rule
+    )
+    session.add(segment)
+    await session.flush()
+    await _sync_rule_segment(session, segment, settings)
+    return segment
+
+
+async def update_rule_segment(
+    session: AsyncSession,
+    *,
+    segment: Segment,
+    name: str | None,
+    description: str | None,
+    rule: dict[str, Any] | None,
+    settings: SegmentsSettings,
+) -> Segment:
+    if segment.kind != "rule":
+        raise SegmentConflict(f"{segment.kind} segments are maintained by segments itself and cannot be edited")
+    if rule is not None:
+        rules.parse_rule(rule, max_nodes=settings.max_rule_nodes)
+        segment.rule = rule
+    segment.name = name if name is not None else segment.name
+    segment.description = description if description is not None else segment.description
+    segment.updated_at = datetime.now(UTC)
+    await session.flush()
+    if rule is not None:
+        await _sync_rule_segment(session, segment, settings)
+    return segment
+
+
+async def delete_rule_segment(session: AsyncSession, *, segment: Segment) -> Changes:
+    """Every member exits (events published), then the segment is kept as deleted for its history."""
+    if segment.kind != "rule":
+        raise SegmentConflict(f"{segment.kind} segments are maintained by segments itself and cannot be deleted")
+    changes = await apply_memberships(
+        session, segment_ids=[segment.id], targets_sql=NO_TARGETS, params={}, at=datetime.now(UTC)
+    )
+    segment.status = "deleted"
+    segment.updated_at = datetime.now(UTC)
+    await session.flush()
+    return changes
+
+
+# --- CLV fit ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClvFit:
+    bgnbd: clv.BgNbd
+    gamma_gamma: clv.GammaGamma | None
+    customers: int
+    time_unit: str
+    calibration_end: date
+    holdout_days: int
+    predicted_repeat_purchases: float
+    actual_repeat_purchases: int
+    model_id: int
+
+
+def _end_of_day(day: date) -> datetime:
+    return datetime.combine(day, time.max, tzinfo=UTC)
+
+
+async def fit_clv(
+    session: AsyncSession, *, calibration_end: date | None, time_unit: str, settings: SegmentsSettings
+) -> ClvFit | None:
+    """Fit BG/NBD and Gamma-Gamma on purchases up to calibration_end; compare with the holdout after it.
+
+    None when there are too few repeat customers to fit. Without calibration_end all data is used,
+    the fit becomes the active model for predictions and the holdout is empty.
+    """
+    last_order = (await session.execute(text("SELECT max(occurred_at) FROM orders"))).scalar()
+    end = calibration_end or datetime.now(UTC).date()
+    customers = await build_facts_table(session, as_of=_end_of_day(end))
+    facts = await fact_arrays(session)
+    if not facts or (facts["x"] > 0).sum() < 10:
+        return None
+    scale = 7.0 if time_unit == "week" else 1.0
+    x, m_x, T_days, t_x_days = facts["x"], facts["m_x"], facts["t"], facts["t_x"]
+    bgnbd = clv.fit_bgnbd(x, t_x_days / scale, T_days / scale)
+    gamma_gamma = clv.fit_gamma_gamma(x, m_x)
+    holdout_end = last_order.astimezone(UTC).date() if last_order and calibration_end else end
+    holdout_days = max((holdout_end - end).days, 0)
+    predicted = float(clv.expected_purchases(bgnbd, holdout_days / scale, x, t_x_days / scale, T_days / scale).sum())
+    actual = 0
+    if holdout_days:
+        actual = int(
+            (
+                await session.execute(
+                    text(
+                        "SELECT count(DISTINCT (o.customer_id, (o.occurred_at AT TIME ZONE 'UTC')::date)) FROM orders o"
+                        " WHERE o.occurred_at > :start AND o.occurred_at <= :end AND o.customer_id IN"
+                        " (SELECT customer_id FROM orders WHERE occurred_at <= :start)"
+                    ),
+                    {"start": _end_of_day(end), "end": _end_of_day(holdout_end)},
+                )
+            ).scalar_one()
+        )
+    model = clv_model_row(bgnbd, gamma_gamma, days_per_unit=scale, customers=customers, calibration_end=calibration_end)
+    if calibration_end is None:
+        previous = await active_clv_model(session)
+        model.top_value_cut = previous.top_value_cut if previous else None
+        await session.execute(text("UPDATE clv_models SET active = false WHERE active"))
+    session.add(model)
+    await session.flush()
+    return ClvFit(bgnbd, gamma_gamma, customers, time_unit, end, holdout_days, predicted, actual, model.id)

@@ -1,54 +1,158 @@
-"""Ingest HTTP API: thin routes over service.accept_event."""
+"""Ingest HTTP API: thin routes over service.ingest_events.
+
+Bodies are parsed with orjson and validated event by event (not by FastAPI's body binding), so
+field and cross-field errors come back together and a batch can reject events one at a time.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response, status
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
-from ingest import events
 from ingest.config import IngestSettings
-from ingest.schemas import EventAccepted, PurchaseIn, as_validation_errors, purchase_errors
-from ingest.service import IncomingEvent, accept_event
+from ingest.schemas import (
+    BatchIn,
+    BatchRejection,
+    BatchResult,
+    EventAccepted,
+    FieldError,
+    IdentifyIn,
+    InteractionIn,
+    Limits,
+    PurchaseIn,
+    RefundIn,
+    as_validation_errors,
+)
+from ingest.service import EventResult, ingest_events, source_of_key
 from shared.auth import ApiKeyPrincipal, require_scope
 from shared.db import SessionDep
-from shared.topics import PURCHASES
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 Writer = Annotated[ApiKeyPrincipal, Depends(require_scope("ingest:write"))]
+DUPLICATE: dict[int | str, dict[str, Any]] = {
+    200: {"model": EventAccepted, "description": "Already accepted: nothing published again"}
+}
 
 
-def _settings(request: Request) -> IngestSettings:
+def settings_of(request: Request) -> IngestSettings:
     settings: IngestSettings = request.app.state.settings
     return settings
 
 
-@router.post(
-    "/purchases",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=EventAccepted,
-    responses={200: {"model": EventAccepted, "description": "Already accepted: nothing published again"}},
-)
-async def post_purchase(
-    purchase: PurchaseIn, principal: Writer, session: SessionDep, request: Request, response: Response
-) -> EventAccepted:
-    settings = _settings(request)
-    errors = purchase_errors(purchase, datetime.now(UTC), timedelta(seconds=settings.max_future_skew_seconds))
-    if errors:
-        raise RequestValidationError(as_validation_errors(errors))
-    envelope = events.purchase_completed(purchase)
-    incoming = IncomingEvent(
-        source=principal.key_id,
-        event_id=purchase.event_id,
-        kind="purchase",
-        customer_key=purchase.customer_id,
-        occurred_at=purchase.occurred_at,
-        topic=PURCHASES,
-        envelope=envelope,
+def limits(settings: IngestSettings) -> Limits:
+    return Limits(
+        now=datetime.now(UTC),
+        max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
+        interaction_types=frozenset(settings.interaction_types),
+        max_properties_bytes=settings.max_properties_bytes,
+        max_properties_keys=settings.max_properties_keys,
     )
-    if not await accept_event(session, event=incoming, max_message_bytes=settings.max_message_bytes):
-        response.status_code = status.HTTP_200_OK
-        return EventAccepted(status="duplicate", event_id=purchase.event_id)
-    return EventAccepted(status="accepted", event_id=purchase.event_id, id=envelope.id)
+
+
+async def source_for(request: Request, session: SessionDep, principal: ApiKeyPrincipal) -> str:
+    """The principal's source name; a key's source never changes, so it is cached for the process."""
+    cache: dict[str, str] = request.app.state.key_sources
+    source = cache.get(principal.key_id)
+    if source is None:
+        source = await source_of_key(session, key_id=principal.key_id)
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[principal.key_id] = source
+    return source
+
+
+async def read_json(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError as error:
+        raise RequestValidationError(
+            [{"loc": ("body",), "msg": f"JSON decode error: {error}", "type": "json_invalid", "input": None}]
+        ) from error
+
+
+def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def single_event_route(kind: str) -> Callable[..., Awaitable[EventAccepted]]:
+    """The route for one event of a kind: 202 accepted, 200 duplicate, 422 naming each bad field."""
+
+    async def accept(request: Request, principal: Writer, session: SessionDep, response: Response) -> EventAccepted:
+        settings = settings_of(request)
+        raw = await read_json(request)
+        [result] = await ingest_events(
+            session,
+            source=await source_for(request, session, principal),
+            events_in=[(kind, raw)],
+            limits=limits(settings),
+            max_message_bytes=settings.max_message_bytes,
+        )
+        if result.status == "rejected":
+            raise RequestValidationError(as_validation_errors(result.errors))
+        if result.status == "duplicate":
+            response.status_code = status.HTTP_200_OK
+        return EventAccepted(status=result.status, event_id=result.event_id or "", id=result.id)
+
+    return accept
+
+
+for _path, _kind, _model in (
+    ("/purchases", "purchase", PurchaseIn),
+    ("/refunds", "refund", RefundIn),
+    ("/interactions", "interaction", InteractionIn),
+    ("/identify", "identify", IdentifyIn),
+):
+    router.add_api_route(
+        _path,
+        single_event_route(_kind),
+        methods=["POST"],
+        name=f"post_{_kind}",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=EventAccepted,
+        responses=DUPLICATE,
+        openapi_extra=_documented_body(_model),
+    )
+
+
+@router.post(
+    "/batch",
+    response_model=BatchResult,
+    responses={413: {"description": "Over the event count or body size limit"}},
+    openapi_extra=_documented_body(BatchIn),
+)
+async def post_batch(request: Request, principal: Writer, session: SessionDep) -> BatchResult:
+    settings = settings_of(request)
+    body = await read_json(request)
+    batch = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(batch, list):
+        errors = [FieldError(field="events", message="must be a list of events", type="list_type")]
+        raise RequestValidationError(as_validation_errors(errors))
+    if len(batch) > settings.batch_max_events:
+        raise HTTPException(413, f"a batch holds at most {settings.batch_max_events} events")
+    results = await ingest_events(
+        session,
+        source=await source_for(request, session, principal),
+        events_in=[(raw.get("kind") if isinstance(raw, dict) else None, raw) for raw in batch],
+        limits=limits(settings),
+        max_message_bytes=settings.max_message_bytes,
+    )
+    return batch_result(results)
+
+
+def batch_result(results: list[EventResult]) -> BatchResult:
+    return BatchResult(
+        accepted=sum(r.status == "accepted" for r in results),
+        duplicates=sum(r.status == "duplicate" for r in results),
+        rejected=[
+            BatchRejection(index=r.index, event_id=r.event_id, errors=r.errors)
+            for r in results
+            if r.status == "rejected"
+        ],
+    )

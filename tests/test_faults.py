@@ -54,7 +54,7 @@ async def test_broker_restarted_mid_stream_loses_nothing(
     async with running_app(ingest_app) as api, running_app(loyalty_app):
         for body in bodies[:150]:
             assert (await api.post("/v1/purchases", json=body, headers=api_headers)).status_code == 202
-        await eventually(lambda: ledger_counts(engine, customers[:20]), timeout=30)
+        await eventually(lambda: ledger_counts(engine, customers[:20]), timeout=120)
         volatile_broker.restart()  # memory storage: every topic, message and offset is gone
         for body in bodies[150:]:
             assert (await api.post("/v1/purchases", json=body, headers=api_headers)).status_code == 202

@@ -45,7 +45,7 @@ async def test_erasure_request_is_applied_and_confirmed(platform: TestPlatform, 
                 )
             return orjson.loads(payload) if payload else None
 
-        confirmation = await eventually(confirmation_published, timeout=30)
+        confirmation = await eventually(confirmation_published, timeout=120)
     assert confirmation["type"] == "erasure.confirmed"
     data = confirmation["data"]
     assert (data["request_id"], data["customer_id"], data["service"]) == (request["request_id"], customer, "ingest")

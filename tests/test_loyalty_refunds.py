@@ -56,8 +56,8 @@ async def test_refund_posted_to_ingest_reverses_the_points_of_the_refunded_items
             member = await loyalty_api.get(f"/v1/members/{customer}", headers=api_headers)
             return member.json() if member.status_code == 200 and member.json()["points"] == expected else None
 
-        await eventually(lambda: points(customer_id, 40), timeout=30)  # 60 earned, 20 reversed
-        await eventually(lambda: points(newcomer, 0), timeout=30)
+        await eventually(lambda: points(customer_id, 40), timeout=120)  # 60 earned, 20 reversed
+        await eventually(lambda: points(newcomer, 0), timeout=120)
         ledger = await _transactions(loyalty_api, customer_id, api_headers)
     assert [(entry["kind"], entry["points"]) for entry in ledger] == [("reverse", -20), ("earn", 60)]
 

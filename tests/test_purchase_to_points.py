@@ -86,7 +86,7 @@ async def test_relay_killed_between_commit_and_publish_loses_nothing(
     env = os.environ | {"CX_RELAY_BATCH_SIZE": "1"}
     relay = await asyncio.create_subprocess_exec(sys.executable, "-m", "ingest.worker", env=env)
     try:
-        await eventually(lambda: _relay_started(platform.engine("ingest"), 300), timeout=30, interval=0.01)
+        await eventually(lambda: _relay_started(platform.engine("ingest"), 300), timeout=120, interval=0.01)
     finally:
         relay.send_signal(signal.SIGKILL)
         await relay.wait()

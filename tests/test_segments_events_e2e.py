@@ -74,7 +74,7 @@ async def test_profile_changes_become_exactly_one_event_each(
             answer = await api.get(f"/v1/customers/{customer}/segments", headers=api_headers)
             return key in {s["segment_key"] for s in answer.json()["segments"]}
 
-        await eventually(in_segment, timeout=30)
+        await eventually(in_segment, timeout=120)
         async with producer(platform.bootstrap) as kafka:
             await kafka.send_and_wait(PROFILES, v3.encode(), key=customer.encode())
             await kafka.send_and_wait(PROFILES, v2.encode(), key=customer.encode())
@@ -82,7 +82,7 @@ async def test_profile_changes_become_exactly_one_event_each(
         async def left() -> bool:
             return not await in_segment()
 
-        await eventually(left, timeout=30)
+        await eventually(left, timeout=120)
         await asyncio.sleep(1.0)
         engine = platform.engine("segments")
 
@@ -93,7 +93,7 @@ async def test_profile_changes_become_exactly_one_event_each(
                 )
                 return bool(pending.scalar_one() == 0)
 
-        await eventually(published, timeout=30)
+        await eventually(published, timeout=120)
     # One more than expected, so a duplicate would show; other tests' events are filtered out by key.
     records = await read_topic(
         platform.bootstrap, SEGMENT_MEMBERSHIP, expect=4, timeout=10, matching=lambda r: r.key == customer.encode()

@@ -113,7 +113,7 @@ async def test_erasure_request_and_segment_events_are_consumed_from_the_broker(
             answer = await api.get(f"/v1/feedback?customer_id={customer}", headers=api_headers)
             return bool(answer.json() == [])
 
-        await eventually(erased, timeout=40)
+        await eventually(erased, timeout=120)
         records = await read_topic(platform.bootstrap, ERASURE_CONFIRMATIONS["feedback"], expect=1000, timeout=5)
         confirmations = [orjson.loads(r.value) for r in records if r.key == customer.encode()]
         assert [c["data"]["request_id"] for c in confirmations] == [f"req-{customer}"]

@@ -15,13 +15,16 @@ from shared.envelope import new_event
 from shared.testing import TestPlatform, rollback_session
 from shared.topics import ERASURE_CONFIRMATIONS
 
-LIMITS = Limits(
-    now=datetime.now(UTC),
-    max_future_skew=timedelta(minutes=5),
-    interaction_types=frozenset({"search"}),
-    max_properties_bytes=16_384,
-    max_properties_keys=100,
-)
+
+def limits() -> Limits:
+    """Fresh each time: `now` bounds how far in the future an event may be."""
+    return Limits(
+        now=datetime.now(UTC),
+        max_future_skew=timedelta(minutes=5),
+        interaction_types=frozenset({"search"}),
+        max_properties_bytes=16_384,
+        max_properties_keys=100,
+    )
 
 
 async def test_erasure_anonymises_the_customers_events_and_is_confirmed(platform: TestPlatform) -> None:
@@ -39,7 +42,7 @@ async def test_erasure_anonymises_the_customers_events_and_is_confirmed(platform
     ]  # fmt: skip
     async with rollback_session(platform.engine("ingest")) as session:
         results = await ingest_events(
-            session, source="erasure-test", events_in=events, limits=LIMITS, max_message_bytes=1_048_576
+            session, source="erasure-test", events_in=events, limits=limits(), max_message_bytes=1_048_576
         )
         assert {r.status for r in results} == {"accepted"}
         request = {"request_id": "req-1", "customer_id": customer, "requested_at": at}

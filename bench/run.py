@@ -273,6 +273,104 @@ async def consumer_catch_up() -> Results:
     return rates
 
 
+async def reconcile() -> Results:
+    """After the load: every figure recomputed from what ingest accepted, and compared per customer.
+
+    Loyalty: points = floor(order total) per order under the default rules (every bench customer
+    stays Bronze, multiplier 1), and the stored balance = sum of ledger entries.
+    Profiles: net revenue = ingested purchases less refunds.
+    """
+    await _wait_until_quiet()
+    ingest_db = await asyncpg.connect(dsn("ingest"))
+    loyalty_db = await asyncpg.connect(dsn("loyalty"))
+    profiles_db = await asyncpg.connect(dsn("profiles"))
+    try:
+        ingested = await ingest_db.fetch(
+            "select customer_key as customer, count(*) filter (where kind = 'purchase') as orders,"
+            " coalesce(sum(floor((payload->>'total')::numeric)) filter (where kind = 'purchase'), 0) as points,"
+            " coalesce(sum((payload->>'total')::numeric) filter (where kind = 'purchase'), 0)"
+            "  - coalesce(sum((payload->>'amount')::numeric) filter (where kind = 'refund'), 0) as revenue"
+            " from ingested_events where customer_key like 'cus-%' group by 1"
+        )
+        members = dict(await loyalty_db.fetch("select customer_id, points from members where customer_id like 'cus-%'"))
+        ledger = dict(
+            await loyalty_db.fetch(
+                "select customer_id, sum(points) from ledger_entries where customer_id like 'cus-%' group by 1"
+            )
+        )
+        revenue = dict(
+            await profiles_db.fetch("select customer_id, net_revenue from customers where customer_id like 'cus-%'")
+        )
+    finally:
+        for conn in (ingest_db, loyalty_db, profiles_db):
+            await conn.close()
+    points_off = [r["customer"] for r in ingested if members.get(r["customer"]) != int(r["points"])]
+    balance_off = [c for c, points in members.items() if ledger.get(c, 0) != points]
+    revenue_off = [r["customer"] for r in ingested if revenue.get(r["customer"]) != r["revenue"]]
+    return {
+        "customers": len(ingested),
+        "orders": sum(r["orders"] for r in ingested),
+        "points_mismatches": len(points_off),
+        "balance_vs_ledger_mismatches": len(balance_off),
+        "revenue_mismatches": len(revenue_off),
+        "examples": (points_off + revenue_off)[:5],
+    }
+
+
+async def _wait_until_quiet(timeout: float = 300) -> None:
+    """Until no service has outbox rows pending and loyalty's and profiles' applied counts stop moving."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        counts = []
+        for service in SERVICES:
+            conn = await asyncpg.connect(dsn(service))
+            try:
+                counts.append(await conn.fetchval("select count(*) from outbox where state = 'pending'"))
+                counts.append(await conn.fetchval("select count(*) from processed_messages"))
+            finally:
+                await conn.close()
+        if counts == last and not any(counts[0::2]):
+            return
+        last = counts
+        await asyncio.sleep(3)
+
+
+async def segment_recompute(platform: Any, customers: int) -> Results:
+    """Full recompute (RFM, rules, clusters, predictions) over synthetic customers in a scratch database."""
+    from segments.config import SegmentsSettings
+    from segments.recompute import recompute_all
+    from segments.synthetic import generate_synthetic_customers
+
+    from shared.db import make_engine, make_sessionmaker
+    from shared.migrate import upgrade_async
+
+    name = f"segments_bench_{customers}"
+    platform.postgres.ensure_databases([name])
+    url = platform.postgres.url(name)
+    await upgrade_async("segments", url)
+    settings = SegmentsSettings(database_url=url)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with sessions() as session, session.begin():
+            await generate_synthetic_customers(session, customers=customers)
+        timings = []
+        for _ in range(2):  # first: everyone enters; second: steady state, nothing changes
+            started = time.perf_counter()
+            async with sessions() as session, session.begin():
+                summary = await recompute_all(session, settings=settings)
+            timings.append((round(time.perf_counter() - started, 1), summary.entered, summary.exited))
+    finally:
+        await engine.dispose()
+    return {
+        "customers": customers,
+        "first_seconds": timings[0][0],
+        "first_entered": timings[0][1],
+        "repeat_seconds": timings[1][0],
+        "repeat_changes": timings[1][1] + timings[1][2],
+    }
+
+
 # ---- helpers ------------------------------------------------------------------------------
 
 
@@ -356,6 +454,23 @@ def print_table(results: Results) -> None:
             "",
             f"{ratio(rate, broker['consume_per_second'])} of raw consume",
         )
+    for size, recompute in results.get("segment_recompute", {}).items():
+        add(
+            f"segment recompute {int(size):,} customers",
+            f"first {recompute['first_seconds']} s ({recompute['first_entered']:,} entries), "
+            f"repeat {recompute['repeat_seconds']} s ({recompute['repeat_changes']} changes)",
+            "<= 60 s at 1,000,000",
+            "-",
+        )
+    check = results.get("reconciliation")
+    if check:
+        add(
+            "reconciliation",
+            f"{check['customers']:,} customers, {check['orders']:,} orders: points off {check['points_mismatches']},"
+            f" balance≠ledger {check['balance_vs_ledger_mismatches']}, revenue off {check['revenue_mismatches']}",
+            "all 0",
+            "-",
+        )
     add("machine: bare FastAPI", f"{bare['per_second']:.0f}/s p99 {bare['p99_ms']} ms", "", "limit")
     add("machine: raw COPY", f"{copy['per_second']:.0f} rows/s", "", "limit")
     add(
@@ -369,7 +484,9 @@ def print_table(results: Results) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
-async def measure(key: str, jwt_secret: str, bootstrap: str, scale: float) -> Results:
+async def measure(
+    key: str, jwt_secret: str, bootstrap: str, scale: float, platform: Any, recompute_sizes: list[int]
+) -> Results:
     def n(count: int) -> int:
         return max(100, int(count * scale))
 
@@ -383,12 +500,16 @@ async def measure(key: str, jwt_secret: str, bootstrap: str, scale: float) -> Re
         ("purchase_to_points", lambda: purchase_to_points(key, 200, 10 * scale)),
         ("me_under_load", lambda: me_under_load(key, jwt_secret, n(50_000))),
         ("consumer_catch_up", consumer_catch_up),
+        ("reconciliation", reconcile),
     ]
+    for size in recompute_sizes:
+        steps.append((f"segment_recompute.{size}", lambda size=size: segment_recompute(platform, size)))  # type: ignore[misc]
     for name, step in steps:
         print(f"… {name}", flush=True)
         value = await step()
-        if name.startswith("limits."):
-            results["limits"][name.split(".", 1)[1]] = value
+        if name.startswith(("limits.", "segment_recompute.")):
+            group, item = name.split(".", 1)
+            results.setdefault(group, {})[item] = value
         else:
             results[name] = value
     return results
@@ -397,6 +518,9 @@ async def measure(key: str, jwt_secret: str, bootstrap: str, scale: float) -> Re
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts (0.1 for a quick run)")
+    parser.add_argument(
+        "--recompute", type=int, nargs="*", default=[100_000, 1_000_000], help="customer counts for the recompute"
+    )
     args = parser.parse_args()
     configure_environment()
     from up import Platform, credentials  # deploy/up.py: the same start-up as `make up`
@@ -407,7 +531,7 @@ def main() -> None:
         key, secret = credentials()
         platform.start_services(urls, bootstrap, key, secret)
         platform.wait_until_ready()
-        results = asyncio.run(measure(key, secret, bootstrap, args.scale))
+        results = asyncio.run(measure(key, secret, bootstrap, args.scale, platform, args.recompute))
     finally:
         platform.stop()
     results["machine"] = {"cores": os.cpu_count(), "when": datetime.now(UTC).isoformat()}

@@ -35,8 +35,9 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _ratio(total: float, count: int) -> float | None:
-    return round(total / count, 2) if count else None
+def _ratio(score_sum: float, count: int) -> float | None:
+    """Average of scores (CSAT, ratings, sentiment), not money."""
+    return round(score_sum / count, 2) if count else None
 
 
 def affinity_score(settings: ProfilesSettings) -> Any:

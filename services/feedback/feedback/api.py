@@ -33,7 +33,6 @@ from feedback.schemas import (
     SurveyResponseRead,
     SurveyResults,
     SurveyUpdate,
-    as_validation_errors,
     feedback_errors,
     survey_errors,
 )
@@ -41,6 +40,7 @@ from feedback.sentiment import Sentiment
 from feedback.service import Submission
 from shared.auth import CustomerDep, require_scope
 from shared.db import SessionDep
+from shared.errors import as_validation_errors
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 WRITE = [Depends(require_scope("feedback:write"))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
@@ -79,6 +79,29 @@ def _row_limit(settings: SettingsDep, limit: int | None) -> int:
     return min(limit or settings.report_max_rows, settings.report_max_rows)
 
 
+async def _scored_report(
+    request: Request,
+    *,
+    name: str,
+    compute: Callable[..., Awaitable[tuple[list[dict[str, Any]], dict[str, Any]]]],
+    model: type[NpsReport] | type[CsatReport],
+    session: SessionDep,
+    settings: SettingsDep,
+    window: Window,
+    period: Period,
+    group_by: GroupBy | None,
+    fmt: Format | None,
+) -> Response:
+    """NPS and CSAT share their shape: rows by period and group, and a total."""
+    rows, total = await compute(
+        session, window=window, period=period, group_by=group_by, limit=settings.report_max_rows
+    )
+    report = model.model_validate(
+        {"window": _report_window(window), "period": period, "group_by": group_by, "rows": rows, "total": total}
+    )
+    return _answer(request, fmt, name, report)
+
+
 @router.get("/nps", response_model=NpsReport, responses={200: {"content": _CSV}})
 async def nps_report(
     request: Request,
@@ -89,13 +112,10 @@ async def nps_report(
     group_by: GroupBy | None = None,
     fmt: FormatQuery = None,
 ) -> Response:
-    rows, total = await reports.nps_report(
-        session, window=window, period=period, group_by=group_by, limit=settings.report_max_rows
-    )
-    report = NpsReport.model_validate(
-        {"window": _report_window(window), "period": period, "group_by": group_by, "rows": rows, "total": total}
-    )
-    return _answer(request, fmt, "nps", report)
+    return await _scored_report(
+        request, name="nps", compute=reports.nps_report, model=NpsReport, session=session, settings=settings,
+        window=window, period=period, group_by=group_by, fmt=fmt,
+    )  # fmt: skip
 
 
 @router.get("/csat", response_model=CsatReport, responses={200: {"content": _CSV}})
@@ -108,13 +128,10 @@ async def csat_report(
     group_by: GroupBy | None = None,
     fmt: FormatQuery = None,
 ) -> Response:
-    rows, total = await reports.csat_report(
-        session, window=window, period=period, group_by=group_by, limit=settings.report_max_rows
-    )
-    report = CsatReport.model_validate(
-        {"window": _report_window(window), "period": period, "group_by": group_by, "rows": rows, "total": total}
-    )
-    return _answer(request, fmt, "csat", report)
+    return await _scored_report(
+        request, name="csat", compute=reports.csat_report, model=CsatReport, session=session, settings=settings,
+        window=window, period=period, group_by=group_by, fmt=fmt,
+    )  # fmt: skip
 
 
 @router.get("/sentiment", response_model=SentimentReport, responses={200: {"content": _CSV}})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+from shared.errors import FieldError
 
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+=#-]*$")
@@ -27,17 +29,6 @@ SCORE_RANGES: dict[str, tuple[int, int] | None] = {
     "complaint": None,
 }
 TEXT_REQUIRED = frozenset({"comment", "complaint"})
-
-
-class FieldError(BaseModel):
-    field: str
-    message: str
-    type: str = "value_error"
-
-
-def as_validation_errors(errors: list[FieldError]) -> list[dict[str, Any]]:
-    """FieldErrors in FastAPI's RequestValidationError shape (loc under "body")."""
-    return [{"loc": ("body", *e.field.split(".")), "msg": e.message, "type": e.type, "input": None} for e in errors]
 
 
 class FeedbackFields(BaseModel):

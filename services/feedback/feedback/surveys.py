@@ -17,7 +17,6 @@ from feedback.config import FeedbackSettings
 from feedback.models import FeedbackEntry, SegmentMembership, Survey, SurveyAnswer, SurveyResponse
 from feedback.schemas import (
     AnswerIn,
-    FieldError,
     QuestionIn,
     QuestionResult,
     SurveyIn,
@@ -28,6 +27,7 @@ from feedback.schemas import (
     text_errors,
 )
 from feedback.service import Submission, record_feedback
+from shared.errors import FieldError
 
 # The feedback kind a question's answer is recorded as; choice answers are not feedback.
 FEEDBACK_KIND = {"nps": "nps", "csat": "csat", "rating": "rating", "text": "comment"}

@@ -21,17 +21,16 @@ from ingest.schemas import (
     BatchRejection,
     BatchResult,
     EventAccepted,
-    FieldError,
     IdentifyIn,
     InteractionIn,
     Limits,
     PurchaseIn,
     RefundIn,
-    as_validation_errors,
 )
 from ingest.service import EventResult, ingest_events, source_of_key
 from shared.auth import ApiKeyPrincipal, require_scope
 from shared.db import SessionDep
+from shared.errors import FieldError, as_validation_errors
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 Writer = Annotated[ApiKeyPrincipal, Depends(require_scope("ingest:write"))]

@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ingest.schemas import MODEL_BY_KIND, QUANTUM, EventModel, FieldError, Limits, PurchaseIn, RefundIn, bounded_money
+from ingest.schemas import MODEL_BY_KIND, QUANTUM, EventModel, Limits, PurchaseIn, RefundIn, bounded_money
+from shared.errors import FieldError
 from shared.money import is_currency, minor_unit, parse_money
 
 MONEY_TOLERANCE = Decimal("0.01")

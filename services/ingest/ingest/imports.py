@@ -28,14 +28,13 @@ from ingest.api import Writer, limits, settings_of, source_for
 from ingest.schemas import (
     EARLIEST,
     IDENTIFIER,
-    FieldError,
     ImportRejection,
     ImportReport,
     Limits,
-    as_validation_errors,
     bounded_money,
 )
 from shared.db import SessionDep
+from shared.errors import FieldError, as_validation_errors
 from shared.money import decimal_places, is_currency, minor_unit, parse_money
 
 Format = Literal["csv", "ndjson"]

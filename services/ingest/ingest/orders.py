@@ -11,7 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ingest.events import RefundedItem
-from ingest.schemas import FieldError, PurchaseIn, RefundIn
+from ingest.schemas import PurchaseIn, RefundIn
+from shared.errors import FieldError
 
 # Refunds of one order are serialised so two at once cannot together exceed it.
 _LOCK_ORDERS = text(

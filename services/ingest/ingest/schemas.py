@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from shared.auth import ALL_SCOPES
+from shared.errors import FieldError
 from shared.money import is_currency
 
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
@@ -251,12 +252,6 @@ MODEL_BY_KIND: dict[str, type[EventModel]] = {
 }
 
 
-class FieldError(BaseModel):
-    field: str
-    message: str
-    type: str = "value_error"
-
-
 class EventAccepted(BaseModel):
     status: Literal["accepted", "duplicate"]
     event_id: str
@@ -331,8 +326,3 @@ class ApiKeyRead(BaseModel):
 
 class ApiKeyIssuedRead(ApiKeyRead):
     key: str = Field(description="The key itself: shown once, never stored")
-
-
-def as_validation_errors(errors: list[FieldError]) -> list[dict[str, Any]]:
-    """FieldErrors in FastAPI's RequestValidationError shape (loc under "body")."""
-    return [{"loc": ("body", *e.field.split(".")), "msg": e.message, "type": e.type, "input": None} for e in errors]

@@ -25,13 +25,13 @@ from ingest.schemas import (
     IDENTIFIER,
     MODEL_BY_KIND,
     EventModel,
-    FieldError,
     IdentifyIn,
     InteractionIn,
     Limits,
     PurchaseIn,
     RefundIn,
 )
+from shared.errors import FieldError
 
 Status = Literal["accepted", "duplicate", "rejected"]
 

@@ -30,13 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CX_DATA_DIR", ROOT / ".data"))
 PIDFILE = DATA / "up.pid"
 BROKER_PORT = int(os.environ.get("CX_BROKER_PORT", "9092"))
+# API processes per service unless <SERVICE>_API_WORKERS says otherwise: the two hot HTTP paths
+# (storefront events, mobile balances) get one per core.
+DEFAULT_API_WORKERS = {"ingest": 2, "loyalty": 2}
 
 
 @dataclass
 class ServiceProcess:
+    """One process of a service: its HTTP API (`<service>.main`) or its worker (`<service>.worker`)."""
+
     name: str
     env: dict[str, str]
     log_path: Path
+    module: str = "main"
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
     restarts: int = 0
@@ -49,17 +55,24 @@ class ServiceProcess:
     def start(self) -> None:
         self.log = self.log or open(self.log_path, "ab")  # noqa: SIM115 - kept open while the service runs
         self.process = subprocess.Popen(
-            [sys.executable, "-m", f"{self.name}.main"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", f"{self.name}.{self.module}"],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.started_at = time.monotonic()
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
+
+    def wait_stopped(self, deadline: float) -> None:
+        if self.process:
             try:
-                self.process.wait(15)
+                self.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
         if self.log:
             self.log.close()
             self.log = None
@@ -133,15 +146,25 @@ class Platform:
             base["CX_OUTBOX_REPUBLISH_ON_START"] = "true"
         for name in SERVICES:
             env = base | {f"{name.upper()}_DATABASE_URL": urls[name]}
-            service = ServiceProcess(name, env, DATA / "logs" / f"{name}.log")
-            service.start()
-            self.services.append(service)
+            workers = os.environ.get(f"{name.upper()}_API_WORKERS", str(DEFAULT_API_WORKERS.get(name, 1)))
+            # The API answers requests only; the worker consumes, relays the outbox and runs the jobs,
+            # so a consumer's burst of work never sits in front of a request.
+            api_env = env | {"CX_API_ONLY": "true", f"{name.upper()}_API_WORKERS": workers}
+            worker_env = {k: v for k, v in env.items() if k != "CX_API_ONLY"}
+            for process in (
+                ServiceProcess(name, api_env, DATA / "logs" / f"{name}.log"),
+                ServiceProcess(name, worker_env, DATA / "logs" / f"{name}-worker.log", module="worker"),
+            ):
+                process.start()
+                self.services.append(process)
 
     def wait_until_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
-        pending = {s.name for s in self.services}
+        # An API's /readyz also reports its worker's consumer (a lock the worker holds in the database).
+        apis = [s for s in self.services if s.module == "main"]
+        pending = {s.name for s in apis}
         while pending and time.monotonic() < deadline:
-            for service in self.services:
+            for service in apis:
                 if service.name in pending and ready(service.port):
                     pending.discard(service.name)
                     say(f"  ✓ {service.name:<9} http://127.0.0.1:{service.port}  ready")
@@ -156,7 +179,8 @@ class Platform:
                 if service.process and service.process.poll() is not None and not self.stopping:
                     service.restarts += 1
                     pause = min(30, 2**service.restarts)
-                    say(f"  ! {service.name} exited ({service.process.returncode}); restarting in {pause}s")
+                    what = f"{service.name} {'worker' if service.module == 'worker' else 'API'}"
+                    say(f"  ! {what} exited ({service.process.returncode}); restarting in {pause}s")
                     time.sleep(pause)
                     service.start()
             time.sleep(0.5)
@@ -164,8 +188,12 @@ class Platform:
     def stop(self) -> None:
         self.stopping = True
         say("\nstopping services…")
-        for service in reversed(self.services):
-            service.stop()
+        # All at once: each takes a few seconds to leave its consumer group and drain its requests.
+        for service in self.services:
+            service.terminate()
+        deadline = time.monotonic() + 20
+        for service in self.services:
+            service.wait_stopped(deadline)
         if self.broker:
             self.broker.stop()
         if self.postgres:
@@ -193,7 +221,7 @@ Try:
     "items":[{{"sku":"MUG","quantity":2,"unit_price":"19.90"}}],"total":"39.80"}}'
   curl -s http://127.0.0.1:{ports["loyalty"]}/v1/me -H "Authorization: Bearer {token[:16]}…"
 
-Logs: {DATA / "logs"}/<service>.log     Stop: Ctrl-C or `make down`
+Logs: {DATA / "logs"}/<service>.log (API) and <service>-worker.log     Stop: Ctrl-C or `make down`
 """
     )
 
@@ -239,7 +267,7 @@ def up() -> None:
         api_key, jwt_secret = credentials()
         platform.start_services(urls, bootstrap, api_key, jwt_secret)
         platform.wait_until_ready()
-        print_banner(api_key, jwt_secret, {s.name: s.port for s in platform.services})
+        print_banner(api_key, jwt_secret, {s.name: s.port for s in platform.services if s.module == "main"})
         platform.supervise()
     except KeyboardInterrupt:
         pass

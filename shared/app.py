@@ -194,6 +194,8 @@ def create_service_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Again here: each of several uvicorn worker processes builds its app from the factory.
+        configure_logging(settings.service_name, settings.log_level)
         await runtime.start()
         try:
             yield
@@ -217,5 +219,12 @@ def create_service_app(
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run the API; with api_workers > 1, uvicorn starts that many processes from `<service>.main:create_app`."""
     configure_logging(settings.service_name, settings.log_level)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    options: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False}
+    if settings.api_workers > 1:
+        factory = f"{settings.service_name}.main:create_app"
+        # A generous health-check timeout: a worker importing its modules on a loaded machine is not hung.
+        uvicorn.run(factory, factory=True, workers=settings.api_workers, timeout_worker_healthcheck=30, **options)
+    else:
+        uvicorn.run(app, **options)

@@ -161,11 +161,11 @@ class RateLimiter:
 
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
-    def retry_after(self, key_id: str, per_second: int) -> float:
+    def retry_after(self, key_id: str, per_second: float) -> float:
         """0 when the request may go ahead (and is counted), else seconds until it may."""
         now = time.monotonic()
-        tokens, last = self._buckets.get(key_id, (float(per_second), now))
-        tokens = min(float(per_second), tokens + (now - last) * per_second)
+        tokens, last = self._buckets.get(key_id, (max(1.0, per_second), now))
+        tokens = min(max(1.0, per_second), tokens + (now - last) * per_second)
         if tokens >= 1.0:
             self._buckets[key_id] = (tokens - 1.0, now)
             return 0.0
@@ -176,10 +176,12 @@ class RateLimiter:
 _rate_limiter = RateLimiter()
 
 
-def _enforce_rate_limit(principal: ApiKeyPrincipal) -> None:
+def _enforce_rate_limit(principal: ApiKeyPrincipal, *, api_processes: int) -> None:
     if not principal.rate_limit_per_second:
         return
-    wait = _rate_limiter.retry_after(principal.key_id, principal.rate_limit_per_second)
+    # The kernel spreads connections over the API processes: each allows its share of the key's rate.
+    share = principal.rate_limit_per_second / max(1, api_processes)
+    wait = _rate_limiter.retry_after(principal.key_id, share)
     if wait > 0:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))}
@@ -196,7 +198,7 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[ApiKeyPrincipal]]
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", _UNAUTHORIZED_HEADERS)
         if not principal.allows(scope):
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"API key lacks scope {scope}")
-        _enforce_rate_limit(principal)
+        _enforce_rate_limit(principal, api_processes=request.app.state.settings.api_workers)
         request.state.principal = principal
         return principal
 

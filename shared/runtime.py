@@ -25,6 +25,10 @@ from shared.topics import API_KEYS, all_topics
 
 log = logging.getLogger(__name__)
 
+# A shared advisory lock a running consumer holds in its service's database, so an API process
+# (CX_API_ONLY) can tell in /readyz whether some worker's consumer is running, wherever it runs.
+CONSUMER_PRESENCE_LOCK = 0x63_78_63_6E  # "cxcn"
+
 Job = Callable[["ServiceRuntime"], Coroutine[Any, Any, None]]
 
 
@@ -61,7 +65,9 @@ class ServiceRuntime:
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: IdempotentConsumer | None = None
-        if settings.consumers_enabled:
+        # An API-only process leaves the consumer, the relay and the jobs to the worker process.
+        self.background = not settings.api_only
+        if settings.consumers_enabled and self.background:
             # Every service also keeps its copy of the API key hashes current.
             self.consumer = IdempotentConsumer(
                 name=settings.service_name,
@@ -76,7 +82,7 @@ class ServiceRuntime:
                 session_timeout_ms=settings.consumer_session_timeout_ms,
                 batch_handlers=batch_handlers,
             )
-        self.jobs = list(jobs)
+        self.jobs = list(jobs) if self.background else []
         self.producer_ready = False
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -85,6 +91,7 @@ class ServiceRuntime:
         self._tasks.append(asyncio.create_task(self._run_relay(), name="outbox-relay"))
         if self.consumer is not None:
             self._tasks.append(asyncio.create_task(self.consumer.run(), name="consumer"))
+            self._tasks.append(asyncio.create_task(self._announce_consumer(self.consumer), name="presence"))
         for job in self.jobs:
             self._tasks.append(asyncio.create_task(job(self), name=getattr(job, "__name__", "job")))
 
@@ -121,8 +128,8 @@ class ServiceRuntime:
                 backoff = min(backoff * 2, 10.0)
 
     async def _run_relay(self) -> None:
-        producer = await self._start_producer()
-        if not self.settings.relay_enabled:
+        producer = await self._start_producer()  # also an API-only process's Kafka readiness probe
+        if not self.settings.relay_enabled or not self.background:
             return
         self.relay = OutboxRelay(
             name=self.settings.service_name,
@@ -162,6 +169,49 @@ class ServiceRuntime:
             except Exception:
                 log.warning("broker check failed", exc_info=True)
 
+    async def _announce_consumer(self, consumer: IdempotentConsumer) -> None:
+        """Hold the presence lock while the consumer runs; reconnect if the database drops."""
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(asyncpg_dsn(self.settings.database_url))
+                held = False
+                while True:
+                    if consumer.running != held:
+                        verb = "pg_advisory_lock_shared" if consumer.running else "pg_advisory_unlock_shared"
+                        await connection.execute(f"select {verb}($1)", CONSUMER_PRESENCE_LOCK)
+                        held = not held
+                    await asyncio.sleep(0.5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("consumer presence lost, reconnecting", extra={"error": repr(error)})
+                await asyncio.sleep(2.0)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+
+    async def _worker_consumer_running(self) -> bool:
+        """For an API-only process: does a worker's consumer hold the presence lock in this database?"""
+        try:
+            async with self.engine.connect() as conn:
+                held = await asyncio.wait_for(
+                    conn.execute(
+                        text(
+                            "select exists(select 1 from pg_locks where locktype = 'advisory' and granted"
+                            " and database = (select oid from pg_database where datname = current_database())"
+                            " and classid = 0 and objid = :key and objsubid = 1)"
+                        ),
+                        {"key": CONSUMER_PRESENCE_LOCK},
+                    ),
+                    timeout=2.0,
+                )
+                return bool(held.scalar())
+        except Exception:
+            log.warning("readiness: consumer presence unknown", exc_info=True)
+            return False
+
     async def _kafka_reachable(self) -> bool:
         if self.producer is None or not self.producer_ready:
             return False
@@ -182,6 +232,8 @@ class ServiceRuntime:
             log.warning("readiness: database unreachable", exc_info=True)
         if self.consumer is not None:
             checks["consumers"] = self.consumer.running
+        elif self.settings.consumers_enabled:  # API-only: a worker process runs the consumer
+            checks["consumers"] = await self._worker_consumer_running()
         return checks
 
 
@@ -191,6 +243,8 @@ def run_worker(runtime: ServiceRuntime) -> None:
 
     from shared.logs import configure_logging
 
+    if runtime.settings.api_only:
+        raise SystemExit("CX_API_ONLY is set, but a worker is what runs the consumer, relay and jobs: unset it")
     configure_logging(runtime.settings.service_name, runtime.settings.log_level)
 
     async def main() -> None:

@@ -48,6 +48,12 @@ class ServiceSettings(BaseSettings):
 
     log_level: str = Field("INFO", validation_alias=_platform("CX_LOG_LEVEL"))
 
+    # One service can run as API process(es) plus a worker process (`python -m <service>.worker`):
+    # with CX_API_ONLY the HTTP process runs no consumer, relay or jobs, so their bursts never
+    # delay a request, and <SERVICE>_API_WORKERS uvicorn processes share the port.
+    api_only: bool = Field(False, validation_alias=_platform("CX_API_ONLY"))
+    api_workers: int = Field(1, ge=1, le=64)
+
     relay_enabled: bool = True
     relay_batch_size: int = Field(1000, validation_alias=_platform("CX_RELAY_BATCH_SIZE"))
     relay_poll_seconds: float = Field(0.5, validation_alias=_platform("CX_RELAY_POLL_SECONDS"))

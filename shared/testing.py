@@ -76,20 +76,23 @@ def no_personal_data_in_logs() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def service_process(service: str, *, env: dict[str, str] | None = None, module: str = "main") -> Iterator[str]:
-    """Run `python -m <service>.<module>` as a real process on a free port; yields its URL once ready."""
+def service_process(
+    service: str, *, env: dict[str, str] | None = None, module: str = "main", probe: str = "/readyz"
+) -> Iterator[str]:
+    """Run `python -m <service>.<module>` as a real process on a free port; yields its URL once `probe` is 200."""
     port = free_port()
     full_env = os.environ | {f"{service.upper()}_PORT": str(port)} | (env or {})
     with tempfile.NamedTemporaryFile(prefix=f"{service}-", suffix=".log", delete=False) as log:
         process = subprocess.Popen([sys.executable, "-m", f"{service}.{module}"], env=full_env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        # Generous: several uvicorn workers each import the service on a machine the suite keeps busy.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"{service} exited: {Path(log.name).read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{base}{probe}", timeout=2).status_code == 200:
                     break
             time.sleep(0.1)
         yield base

@@ -1,0 +1,82 @@
+"""A service run as `make up` runs it: API-only processes (two uvicorn workers) plus a separate worker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from shared.testing import TestPlatform, eventually, scan_for_leaks, service_process
+from tests.support import purchase
+
+
+@contextlib.contextmanager
+def worker_process(service: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m <service>.worker`: the consumer, the outbox relay and the jobs, no HTTP."""
+    with tempfile.NamedTemporaryFile(prefix=f"{service}-worker-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen([sys.executable, "-m", f"{service}.worker"], env=os.environ, stdout=log, stderr=log)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        scan_for_leaks(Path(log.name).read_text(errors="replace").splitlines(), f"{service}-worker")
+        Path(log.name).unlink(missing_ok=True)
+
+
+async def _consumers_ready(client: httpx.AsyncClient) -> bool:
+    answer = await client.get("/readyz")
+    return bool(answer.json()["checks"]["consumers"]) and answer.status_code == 200
+
+
+async def test_api_only_process_reports_its_workers_consumer_and_serves_what_it_applied(
+    platform: TestPlatform, api_headers: dict[str, str]
+) -> None:
+    api_env = {"CX_API_ONLY": "true", "LOYALTY_API_WORKERS": "2"}
+    with (
+        service_process("ingest") as ingest_url,
+        service_process("loyalty", env=api_env, probe="/healthz") as loyalty_url,
+    ):
+        async with httpx.AsyncClient(base_url=loyalty_url, timeout=10) as loyalty:
+            # No worker yet: the API answers, but is not ready, since nothing consumes for it.
+            first = await loyalty.get("/readyz")
+            assert first.status_code == 503 and first.json()["checks"]["consumers"] is False
+
+            with worker_process("loyalty") as worker:
+                assert await eventually(lambda: _consumers_ready(loyalty), timeout=120, interval=0.5)
+                body = purchase(total="21.00")
+                async with httpx.AsyncClient(base_url=ingest_url, timeout=10) as ingest:
+                    answer = await ingest.post("/v1/purchases", json=body, headers=api_headers)
+                assert answer.status_code == 202, answer.text
+
+                async def points() -> int | None:
+                    member = await loyalty.get(f"/v1/members/{body['customer_id']}", headers=api_headers)
+                    return int(member.json()["points"]) if member.status_code == 200 else None
+
+                assert await eventually(points, timeout=120, interval=0.2) == 21
+                # Both API processes answer (each has its own pool and caches): every request succeeds.
+                statuses = {(await loyalty.get(f"/v1/members/{body['customer_id']}", headers=api_headers)).status_code}
+                for _ in range(20):
+                    statuses.add((await loyalty.get("/healthz")).status_code)
+                assert statuses == {200}
+
+                # The worker dies without a goodbye: its database session ends, and so does readiness.
+                worker.send_signal(signal.SIGKILL)
+                worker.wait(10)
+
+                async def not_ready() -> bool:
+                    answer = await loyalty.get("/readyz")
+                    return answer.status_code == 503 and answer.json()["checks"]["consumers"] is False
+
+                assert await eventually(not_ready, timeout=30, interval=0.5)

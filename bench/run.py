@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -165,6 +166,68 @@ async def ingest_batch(key: str, batches: int, size: int = 1000) -> Results | No
     return summary
 
 
+# Rule segments the bench creates before the load, and the same rules evaluated directly in SQL over
+# what ingest accepted (per customer: orders, net revenue) for the reconciliation.
+BENCH_SEGMENTS = {
+    "bench-buyers": ({"field": "profile.orders", "op": "gte", "value": 1}, "orders >= 1"),
+    "bench-repeat": ({"field": "profile.orders", "op": "gte", "value": 3}, "orders >= 3"),
+    "bench-spent-100": ({"field": "profile.net_revenue", "op": "gte", "value": 100}, "revenue >= 100"),
+}
+
+
+async def create_bench_segments(key: str) -> Results:
+    created = {}
+    async with httpx.AsyncClient(base_url=url("segments"), headers={"Authorization": f"Bearer {key}"}) as client:
+        for segment_key, (rule, _) in BENCH_SEGMENTS.items():
+            answer = await client.post("/v1/segments", json={"key": segment_key, "name": segment_key, "rule": rule})
+            answer.raise_for_status()
+            created[segment_key] = answer.json()["id"]
+    return created
+
+
+async def profile_to_membership(bootstrap: str) -> Results:
+    """profile.updated -> segment.entered for the latency run's new customers (both broker-record times).
+
+    Each of them enters bench-buyers on their first profile; the gap between the two records' times
+    is segments' consume, evaluate, commit and relay. Read from the start of both topics, which at
+    this point hold only the latency run.
+    """
+    consumer = AIOKafkaConsumer(
+        "profiles.profiles.v1",
+        "segments.membership.v1",
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    first_profile: dict[str, int] = {}
+    entered: dict[str, int] = {}
+    try:
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 5:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                idle_since = time.monotonic()
+                for record in records:
+                    event = orjson.loads(record.value)
+                    subject = str(event.get("subject", ""))
+                    if not subject.startswith("cus-lat-"):
+                        continue
+                    if event["type"] == "profile.updated":
+                        first_profile[subject] = min(first_profile.get(subject, record.timestamp), record.timestamp)
+                    elif event["type"] == "segment.entered" and event["data"].get("segment_key") == "bench-buyers":
+                        entered[subject] = record.timestamp
+    finally:
+        await consumer.stop()
+    gaps = [float(entered[c] - first_profile[c]) for c in entered if c in first_profile]
+    return {
+        "customers": len(first_profile),
+        "entered": len(gaps),
+        "p50_ms": round(float(np.percentile(gaps, 50)), 1) if gaps else None,
+        "p99_ms": round(float(np.percentile(gaps, 99)), 1) if gaps else None,
+    }
+
+
 async def purchase_to_points(key: str, rate: float, seconds: float) -> Results:
     """Open-loop purchases at a fixed rate; latency = ledger entry time - ingest acceptance time (one DB clock)."""
     total = int(rate * seconds)
@@ -279,11 +342,13 @@ async def reconcile() -> Results:
     Loyalty: points = floor(order total) per order under the default rules (every bench customer
     stays Bronze, multiplier 1), and the stored balance = sum of ledger entries.
     Profiles: net revenue = ingested purchases less refunds.
+    Segments: the bench rule segments' members = their rules evaluated in SQL over ingest's data.
     """
     await _wait_until_quiet()
     ingest_db = await asyncpg.connect(dsn("ingest"))
     loyalty_db = await asyncpg.connect(dsn("loyalty"))
     profiles_db = await asyncpg.connect(dsn("profiles"))
+    segments_db = await asyncpg.connect(dsn("segments"))
     try:
         ingested = await ingest_db.fetch(
             "select customer_key as customer, count(*) filter (where kind = 'purchase') as orders,"
@@ -292,7 +357,9 @@ async def reconcile() -> Results:
             "  - coalesce(sum((payload->>'amount')::numeric) filter (where kind = 'refund'), 0) as revenue"
             " from ingested_events where customer_key like 'cus-%' group by 1"
         )
-        members = dict(await loyalty_db.fetch("select customer_id, points from members where customer_id like 'cus-%'"))
+        balances = dict(
+            await loyalty_db.fetch("select customer_id, points from members where customer_id like 'cus-%'")
+        )
         ledger = dict(
             await loyalty_db.fetch(
                 "select customer_id, sum(points) from ledger_entries where customer_id like 'cus-%' group by 1"
@@ -301,11 +368,28 @@ async def reconcile() -> Results:
         revenue = dict(
             await profiles_db.fetch("select customer_id, net_revenue from customers where customer_id like 'cus-%'")
         )
+        members = {
+            segment_key: {
+                row["customer_id"]
+                for row in await segments_db.fetch(
+                    "select m.customer_id from segment_members m join segments s on s.id = m.segment_id"
+                    " where s.key = $1 and m.customer_id like 'cus-%'",
+                    segment_key,
+                )
+            }
+            for segment_key in BENCH_SEGMENTS
+        }
     finally:
-        for conn in (ingest_db, loyalty_db, profiles_db):
+        for conn in (ingest_db, loyalty_db, profiles_db, segments_db):
             await conn.close()
-    points_off = [r["customer"] for r in ingested if members.get(r["customer"]) != int(r["points"])]
-    balance_off = [c for c, points in members.items() if ledger.get(c, 0) != points]
+    expected = {
+        "bench-buyers": {r["customer"] for r in ingested if r["orders"] >= 1},
+        "bench-repeat": {r["customer"] for r in ingested if r["orders"] >= 3},
+        "bench-spent-100": {r["customer"] for r in ingested if r["revenue"] >= 100},
+    }
+    segment_off = {k: len(members[k] ^ expected[k]) for k in BENCH_SEGMENTS}
+    points_off = [r["customer"] for r in ingested if balances.get(r["customer"]) != int(r["points"])]
+    balance_off = [c for c, points in balances.items() if ledger.get(c, 0) != points]
     revenue_off = [r["customer"] for r in ingested if revenue.get(r["customer"]) != r["revenue"]]
     return {
         "customers": len(ingested),
@@ -313,6 +397,8 @@ async def reconcile() -> Results:
         "points_mismatches": len(points_off),
         "balance_vs_ledger_mismatches": len(balance_off),
         "revenue_mismatches": len(revenue_off),
+        "segment_sizes": {k: len(members[k]) for k in BENCH_SEGMENTS},
+        "segment_mismatches": segment_off,
         "examples": (points_off + revenue_off)[:5],
     }
 
@@ -444,6 +530,13 @@ def print_table(results: Results) -> None:
         f"at {latency['rate_per_second']:.0f}/s",
         f"{latency['credited']}/{latency['purchases']} credited",
     )
+    membership = results["profile_to_membership"]
+    add(
+        "profile change -> segment.entered",
+        f"p50 {membership['p50_ms']} ms p99 {membership['p99_ms']} ms",
+        "p99 < 100 ms",
+        f"{membership['entered']}/{membership['customers']} entered",
+    )
     me = results["me_under_load"]
     add(
         "GET /v1/me under ingest load",
@@ -471,7 +564,9 @@ def print_table(results: Results) -> None:
         add(
             "reconciliation",
             f"{check['customers']:,} customers, {check['orders']:,} orders: points off {check['points_mismatches']},"
-            f" balance≠ledger {check['balance_vs_ledger_mismatches']}, revenue off {check['revenue_mismatches']}",
+            f" balance≠ledger {check['balance_vs_ledger_mismatches']}, revenue off {check['revenue_mismatches']},"
+            f" segment members off {sum(check['segment_mismatches'].values())}"
+            f" (sizes {', '.join(f'{k} {v:,}' for k, v in check['segment_sizes'].items())})",
             "all 0",
             "-",
         )
@@ -499,8 +594,10 @@ async def measure(
         ("limits.bare_fastapi", lambda: bare_fastapi_limit(n(20_000))),
         ("limits.raw_copy", lambda: raw_copy_limit(n(200_000))),
         ("limits.raw_broker", lambda: raw_broker_limit(bootstrap, n(200_000))),
+        ("bench_segments", lambda: create_bench_segments(key)),
         # Latency first, on a system with no backlog: a queue ahead of it would measure the queue.
         ("purchase_to_points", lambda: purchase_to_points(key, 200, 10 * scale)),
+        ("profile_to_membership", lambda: profile_to_membership(bootstrap)),
         ("ingest_single", lambda: ingest_single(key, n(20_000))),
         ("me_under_load", lambda: me_under_load(key, jwt_secret, n(50_000))),
         ("ingest_batch", lambda: ingest_batch(key, n(100))),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, update
+from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from profiles.config import ProfilesSettings
@@ -28,11 +28,21 @@ def lifecycle_stage(settings: ProfilesSettings, now: datetime) -> ColumnElement[
 
 
 async def reevaluate_stages(session: AsyncSession, *, settings: ProfilesSettings, now: datetime) -> int:
-    """Move every customer whose stage changed with time (no event needed); they are published next."""
+    """Move every customer whose stage changed with time (no event needed); they are published next.
+
+    Rows are locked in key order and those the consumer holds are skipped (it marks them dirty,
+    and publishing sets their stage): taking them in scan order deadlocked with the consumer.
+    """
     stage = lifecycle_stage(settings, now)
+    moved = (
+        select(Customer.customer_id)
+        .where(Customer.lifecycle_stage != stage)
+        .order_by(Customer.customer_id)
+        .with_for_update(skip_locked=True)
+    )
     result = await session.execute(
         update(Customer)
-        .where(Customer.lifecycle_stage != stage)
+        .where(Customer.customer_id.in_(moved.scalar_subquery()))
         .values(lifecycle_stage=stage, dirty=True, updated_at=now)
         .execution_options(synchronize_session=False)
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from profiles.handlers import HANDLERS
+from profiles.handlers import BATCH_HANDLERS, HANDLERS
 from shared.envelope import Envelope, new_event
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -24,10 +24,28 @@ class Events:
 
     @staticmethod
     async def apply(session: AsyncSession, *events: Envelope) -> None:
-        """Run events through the handlers, as the consumer would (without its processed-message row)."""
+        """Run events through the handlers one at a time (batch handlers get batches of one)."""
         for event in events:
-            for handler in HANDLERS[event.type]:
-                await handler(session, event)
+            if event.type in BATCH_HANDLERS:
+                await BATCH_HANDLERS[event.type](session, [event])
+            else:
+                for handler in HANDLERS[event.type]:
+                    await handler(session, event)
+
+    @staticmethod
+    async def apply_batched(session: AsyncSession, *events: Envelope, batch_size: int = 500) -> None:
+        """Run events as the consumer does a fetched batch: per-event handlers in order, then each
+        batch handler once with all the batch's events of its type (without processed-message rows)."""
+        for start in range(0, len(events), batch_size):
+            grouped: dict[str, list[Envelope]] = {}
+            for event in events[start : start + batch_size]:
+                if event.type in BATCH_HANDLERS:
+                    grouped.setdefault(event.type, []).append(event)
+                else:
+                    for handler in HANDLERS[event.type]:
+                        await handler(session, event)
+            for event_type, batch in grouped.items():
+                await BATCH_HANDLERS[event_type](session, batch)
 
     def _event(self, type: str, data: dict[str, Any], subject: str | None = None) -> Envelope:
         return new_event(type=type, source="test", subject=subject or self.customer_id, data=data)

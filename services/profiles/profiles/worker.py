@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from profiles.config import ProfilesSettings
-from profiles.handlers import HANDLERS
+from profiles.handlers import BATCH_HANDLERS, HANDLERS
 from profiles.lifecycle import reevaluate_stages
 from profiles.portrait import publish_all_changes
 from profiles.recommendations import rebuild_recommendations
@@ -54,7 +54,9 @@ def jobs(settings: ProfilesSettings) -> list[Job]:
 
 
 def build_runtime(settings: ProfilesSettings) -> ServiceRuntime:
-    return ServiceRuntime(settings, consumes=CONSUMES, handlers=HANDLERS, jobs=jobs(settings))
+    return ServiceRuntime(
+        settings, consumes=CONSUMES, handlers=HANDLERS, batch_handlers=BATCH_HANDLERS, jobs=jobs(settings)
+    )
 
 
 if __name__ == "__main__":

@@ -193,3 +193,49 @@ async def test_events_that_can_never_apply_are_refused(session: AsyncSession, ev
     broken.data["items"] = []
     with pytest.raises(ValueError):
         await events.apply(session, broken)
+
+
+async def _replay_batched(
+    platform: TestPlatform, customers: list[Events], stream: list[Envelope], *, batch_size: int | None
+) -> dict[str, Any]:
+    async with rollback_session(platform.engine("profiles")) as session:
+        if batch_size is None:
+            await Events.apply(session, *stream)
+        else:
+            await Events.apply_batched(session, *stream, batch_size=batch_size)
+        await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+        found: dict[str, Any] = {}
+        for events in customers:
+            profile = await view(session, events.customer_id)
+            profile.pop("updated_at")
+            profile.pop("version")
+            affinities = await session.execute(
+                select(Affinity.kind, Affinity.key, Affinity.purchased, Affinity.views)
+                .where(Affinity.customer_id == events.customer_id)
+                .order_by(Affinity.kind, Affinity.key)
+            )
+            found[events.customer_id] = {"profile": profile, "affinities": [tuple(row) for row in affinities]}
+        return found
+
+
+async def test_big_batches_give_the_same_profiles_as_one_event_at_a_time(platform: TestPlatform) -> None:
+    run = uuid.uuid4().hex[:8]
+    customers = [Events(f"cus-batch-{run}-{n}") for n in range(4)]
+    stream = [
+        event
+        for n, events in enumerate(customers)
+        for event in history(events, f"anon-{run}-{n}")
+        + [
+            events.purchase(f"o-x-{n}", days_ago=1, items=[("TEA", "tea", 3, "4.00")], currency="EUR"),
+            events.feedback(f"f-x-{n}", "rating", 3, days_ago=2),
+            events.feedback(f"f-y-{n}", "complaint", None, days_ago=2),
+            events.identify(f"id-x-{n}", days_ago=10, traits={"city": "Oslo"}),  # same time as id-2: id wins
+        ]
+    ]
+    rng = random.Random(11)
+    shuffled = stream + rng.sample(stream, len(stream) // 2)
+    rng.shuffle(shuffled)
+    one_by_one = await _replay_batched(platform, customers, shuffled, batch_size=None)
+    assert one_by_one[customers[0].customer_id]["profile"]["orders"] == 4
+    for batch_size in (len(shuffled), 7):
+        assert await _replay_batched(platform, customers, shuffled, batch_size=batch_size) == one_by_one

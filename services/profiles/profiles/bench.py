@@ -1,0 +1,244 @@
+"""Profiles alone, measured: consumer events/s and GET /v1/customers/{id} latency.
+
+`python -m profiles.bench` (from the repository root) starts an embedded PostgreSQL and broker on
+free ports, produces purchases and interactions (envelopes shaped as ingest makes them) straight
+onto the topics, runs `python -m profiles.worker` and times how fast it applies them and publishes
+the changed profiles; then runs the API alone and loads GET with the raw-socket client of
+bench/loadgen.py (32 keep-alive connections). Loopback only; bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from bench.loadgen import run_load
+from shared.devstack import EmbeddedBroker, EmbeddedPostgres, free_port
+from shared.migrate import upgrade
+from shared.topics import INTERACTIONS, PURCHASES, create_all
+
+API_KEY = "cx_bench_" + uuid.uuid4().hex + uuid.uuid4().hex
+
+
+def envelope(type: str, key: str, data: dict[str, Any], at: datetime) -> bytes:
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": "cx.ingest",
+            "type": type,
+            "time": at,
+            "subject": key,
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    )
+
+
+def make_events(count: int, customers: int, seed: int = 7) -> list[tuple[str, str, bytes]]:
+    """Half purchases, half interactions, over `customers` customers: (topic, key, value)."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    out: list[tuple[str, str, bytes]] = []
+    for n in range(count):
+        customer = f"cus-bench-{rng.randrange(customers):06d}"
+        at = now - timedelta(minutes=rng.randrange(60 * 24 * 60))
+        if n % 2 == 0:
+            sku = f"SKU-{rng.randrange(200)}"
+            data = {
+                "event_id": f"evt-{uuid.uuid4().hex}",
+                "order_id": f"ord-{uuid.uuid4().hex}",
+                "customer_id": customer,
+                "occurred_at": at,
+                "currency": "USD",
+                "channel": rng.choice(["web", "app", "store"]),
+                "store_id": None,
+                "items": [
+                    {
+                        "sku": sku,
+                        "name": f"Product {sku}",
+                        "category": f"cat-{rng.randrange(12)}",
+                        "quantity": 1,
+                        "unit_price": "12.50",
+                    },
+                    {"sku": "SKU-BAG", "name": "Bag", "category": "misc", "quantity": 2, "unit_price": "0.50"},
+                ],
+                "total": "13.50",
+            }
+            out.append((PURCHASES, customer, envelope("purchase.completed", customer, data, at)))
+        else:
+            data = {
+                "event_id": f"evt-{uuid.uuid4().hex}",
+                "customer_id": customer,
+                "anonymous_id": None,
+                "occurred_at": at,
+                "type": rng.choice(["product_view", "page_view", "add_to_cart", "search"]),
+                "channel": rng.choice(["web", "app"]),
+                "properties": {"sku": f"SKU-{rng.randrange(200)}", "category": f"cat-{rng.randrange(12)}"},
+            }
+            out.append((INTERACTIONS, customer, envelope("interaction.recorded", customer, data, at)))
+    return out
+
+
+async def produce(bootstrap: str, events: list[tuple[str, str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key.encode()) for topic, key, value in events]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", module], env=os.environ | env, stdout=out, stderr=out)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+async def consumer_rate(dsn: str, expected: int, timeout: float) -> dict[str, Any]:
+    """Wait until `expected` messages are processed and no profile is dirty; rates from processed_at."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = await conn.fetchval("select count(*) from processed_messages where consumer = 'profiles'")
+            dirty = await conn.fetchval("select count(*) from customers where dirty")
+            if done >= expected and dirty == 0:
+                break
+            await asyncio.sleep(0.5)
+        first, last, done = await conn.fetchrow(
+            "select min(processed_at), max(processed_at), count(*) from processed_messages where consumer = 'profiles'"
+        )
+        busiest = await conn.fetch(
+            "select date_trunc('second', processed_at) as s, count(*) as n from processed_messages"
+            " where consumer = 'profiles' group by 1 order by 2 desc limit 10"
+        )
+        published = await conn.fetchval("select count(*) from outbox where topic = 'profiles.profiles.v1'")
+        last_publish = await conn.fetchval("select max(created_at) from outbox where topic = 'profiles.profiles.v1'")
+        span = (last - first).total_seconds() if first and last else 0.0
+        return {
+            "processed": done,
+            "seconds_first_to_last": round(span, 2),
+            "events_per_second": round(done / span, 1) if span else None,
+            "busiest_10s_mean_per_second": round(sum(r["n"] for r in busiest) / max(1, len(busiest)), 1),
+            "profile_updated_rows": published,
+            "publish_lag_after_last_event_s": round((last_publish - last).total_seconds(), 2)
+            if last_publish and last
+            else None,
+        }
+    finally:
+        await conn.close()
+
+
+async def get_latency(base: str, ids: list[str], requests: int) -> dict[str, Any]:
+    port = base.rsplit(":", 1)[1]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    warm = await run_load(
+        f"http://127.0.0.1:{port}",
+        lambda i: ("GET", f"/v1/customers/{ids[i % len(ids)]}", b""),
+        total=500,
+        connections=32,
+        headers=headers,
+    )
+    assert warm.statuses.get(200) == warm.requests, warm.statuses
+    result = await run_load(
+        f"http://127.0.0.1:{port}",
+        lambda i: ("GET", f"/v1/customers/{ids[(i * 7919) % len(ids)]}", b""),
+        total=requests,
+        connections=32,
+        headers=headers,
+        max_seconds=120,
+    )
+    return result.summary()
+
+
+async def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("service exited")
+            try:
+                if (await client.get(f"{base}/readyz", timeout=2)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("service not ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--customers", type=int, default=2_000)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--keep-logs", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="profiles-bench-") as tmp:
+        postgres = EmbeddedPostgres(Path(tmp) / "pg", free_port())
+        broker = EmbeddedBroker(free_port(), log_path=Path(tmp) / "broker.log")
+        postgres.start()
+        broker.start()
+        try:
+            postgres.ensure_databases(["profiles"])
+            url = postgres.url("profiles")
+            upgrade("profiles", url)
+            asyncio.run(create_all(broker.bootstrap))
+            env = {
+                "PROFILES_DATABASE_URL": url,
+                "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+                "CX_DEV_API_KEY": API_KEY,
+                "CX_LOG_LEVEL": "WARNING",
+            }
+            events = make_events(args.events, args.customers)
+            asyncio.run(produce(broker.bootstrap, events))
+            worker = start("profiles.worker", env, Path(tmp) / "worker.log")
+            try:
+                consumer = asyncio.run(consumer_rate(postgres.dsn("profiles"), args.events, timeout=600))
+            finally:
+                stop(worker)
+            port = free_port()
+            api_env = env | {"PROFILES_PORT": str(port), "PROFILES_CONSUMERS_ENABLED": "false"}
+            api = start("profiles.main", api_env, Path(tmp) / "api.log")
+            base = f"http://127.0.0.1:{port}"
+            try:
+                asyncio.run(wait_ready(base, api))
+                ids = sorted({key for _, key, _ in events})
+                latency = asyncio.run(get_latency(base, ids, args.requests))
+            finally:
+                stop(api)
+            print(json.dumps({"consumer": consumer, "get_customer": latency}, indent=2))
+            if args.keep_logs:
+                for name in ("worker.log", "api.log"):
+                    print(name, (Path(tmp) / name).read_text()[-3000:])
+        finally:
+            broker.stop()
+            postgres.stop()
+
+
+if __name__ == "__main__":
+    main()

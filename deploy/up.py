@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CX_DATA_DIR", ROOT / ".data"))
 PIDFILE = DATA / "up.pid"
 BROKER_PORT = int(os.environ.get("CX_BROKER_PORT", "9092"))
-# API processes per service unless <SERVICE>_API_WORKERS says otherwise: the two hot HTTP paths
+# API processes per service unless <SERVICE>_API_PROCESSES says otherwise: the two hot HTTP paths
 # (storefront events, mobile balances) get one per core.
-DEFAULT_API_WORKERS = {"ingest": 2, "loyalty": 2}
+DEFAULT_API_PROCESSES = {"ingest": 2, "loyalty": 2}
 
 
 @dataclass
@@ -146,22 +146,21 @@ class Platform:
             base["CX_OUTBOX_REPUBLISH_ON_START"] = "true"
         for name in SERVICES:
             env = base | {f"{name.upper()}_DATABASE_URL": urls[name]}
-            workers = os.environ.get(f"{name.upper()}_API_WORKERS", str(DEFAULT_API_WORKERS.get(name, 1)))
-            # The API answers requests only; the worker consumes, relays the outbox and runs the jobs,
-            # so a consumer's burst of work never sits in front of a request.
-            api_env = env | {"CX_API_ONLY": "true", f"{name.upper()}_API_WORKERS": workers}
+            count = int(os.environ.get(f"{name.upper()}_API_PROCESSES", DEFAULT_API_PROCESSES.get(name, 1)))
+            # The API processes share the port and answer requests only; the worker consumes, relays
+            # the outbox and runs the jobs, so a consumer's burst of work never sits before a request.
+            api_env = env | {"CX_API_ONLY": "true", f"{name.upper()}_API_PROCESSES": str(count)}
             worker_env = {k: v for k, v in env.items() if k != "CX_API_ONLY"}
-            for process in (
-                ServiceProcess(name, api_env, DATA / "logs" / f"{name}.log"),
-                ServiceProcess(name, worker_env, DATA / "logs" / f"{name}-worker.log", module="worker"),
-            ):
+            processes = [ServiceProcess(name, api_env, DATA / "logs" / f"{name}.log") for _ in range(count)]
+            processes.append(ServiceProcess(name, worker_env, DATA / "logs" / f"{name}-worker.log", module="worker"))
+            for process in processes:
                 process.start()
                 self.services.append(process)
 
     def wait_until_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         # An API's /readyz also reports its worker's consumer (a lock the worker holds in the database).
-        apis = [s for s in self.services if s.module == "main"]
+        apis = list({s.name: s for s in self.services if s.module == "main"}.values())
         pending = {s.name for s in apis}
         while pending and time.monotonic() < deadline:
             for service in apis:

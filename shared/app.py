@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -194,8 +195,6 @@ def create_service_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Again here: each of several uvicorn worker processes builds its app from the factory.
-        configure_logging(settings.service_name, settings.log_level)
         await runtime.start()
         try:
             yield
@@ -219,12 +218,18 @@ def create_service_app(
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Run the API; with api_workers > 1, uvicorn starts that many processes from `<service>.main:create_app`."""
+    """Run the API. With api_processes > 1 it is one of that many processes sharing the port (SO_REUSEPORT)."""
     configure_logging(settings.service_name, settings.log_level)
-    options: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False}
-    if settings.api_workers > 1:
-        factory = f"{settings.service_name}.main:create_app"
-        # A generous health-check timeout: a worker importing its modules on a loaded machine is not hung.
-        uvicorn.run(factory, factory=True, workers=settings.api_workers, timeout_worker_healthcheck=30, **options)
-    else:
-        uvicorn.run(app, **options)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    if settings.api_processes == 1:
+        server.run()
+        return
+    # The kernel spreads new connections over the processes bound to the port: each an independent
+    # process (its own pools and caches), started and restarted by whoever runs them (`make up`).
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((settings.host, settings.port))
+    server.run(sockets=[listener])

@@ -198,7 +198,7 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[ApiKeyPrincipal]]
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", _UNAUTHORIZED_HEADERS)
         if not principal.allows(scope):
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"API key lacks scope {scope}")
-        _enforce_rate_limit(principal, api_processes=request.app.state.settings.api_workers)
+        _enforce_rate_limit(principal, api_processes=request.app.state.settings.api_processes)
         request.state.principal = principal
         return principal
 

@@ -50,9 +50,9 @@ class ServiceSettings(BaseSettings):
 
     # One service can run as API process(es) plus a worker process (`python -m <service>.worker`):
     # with CX_API_ONLY the HTTP process runs no consumer, relay or jobs, so their bursts never
-    # delay a request, and <SERVICE>_API_WORKERS uvicorn processes share the port.
+    # delay a request. <SERVICE>_API_PROCESSES: how many API processes share the port (each is told).
     api_only: bool = Field(False, validation_alias=_platform("CX_API_ONLY"))
-    api_workers: int = Field(1, ge=1, le=64)
+    api_processes: int = Field(1, ge=1, le=64)
 
     relay_enabled: bool = True
     relay_batch_size: int = Field(1000, validation_alias=_platform("CX_RELAY_BATCH_SIZE"))

@@ -77,10 +77,15 @@ def no_personal_data_in_logs() -> Iterator[None]:
 
 @contextlib.contextmanager
 def service_process(
-    service: str, *, env: dict[str, str] | None = None, module: str = "main", probe: str = "/readyz"
+    service: str,
+    *,
+    env: dict[str, str] | None = None,
+    module: str = "main",
+    probe: str = "/readyz",
+    port: int | None = None,
 ) -> Iterator[str]:
-    """Run `python -m <service>.<module>` as a real process on a free port; yields its URL once `probe` is 200."""
-    port = free_port()
+    """Run `python -m <service>.<module>` as a real process (a free port unless given); URL once `probe` is 200."""
+    port = port or free_port()
     full_env = os.environ | {f"{service.upper()}_PORT": str(port)} | (env or {})
     with tempfile.NamedTemporaryFile(prefix=f"{service}-", suffix=".log", delete=False) as log:
         process = subprocess.Popen([sys.executable, "-m", f"{service}.{module}"], env=full_env, stdout=log, stderr=log)

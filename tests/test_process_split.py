@@ -1,4 +1,4 @@
-"""A service run as `make up` runs it: API-only processes (two uvicorn workers) plus a separate worker."""
+"""A service run as `make up` runs it: two API-only processes sharing a port, plus a separate worker."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.devstack import free_port
 from shared.testing import TestPlatform, eventually, scan_for_leaks, service_process
 from tests.support import purchase
 
@@ -43,10 +44,12 @@ async def _consumers_ready(client: httpx.AsyncClient) -> bool:
 async def test_api_only_process_reports_its_workers_consumer_and_serves_what_it_applied(
     platform: TestPlatform, api_headers: dict[str, str]
 ) -> None:
-    api_env = {"CX_API_ONLY": "true", "LOYALTY_API_WORKERS": "2"}
+    port = free_port()
+    api_env = {"CX_API_ONLY": "true", "LOYALTY_API_PROCESSES": "2"}
     with (
         service_process("ingest") as ingest_url,
-        service_process("loyalty", env=api_env, probe="/healthz") as loyalty_url,
+        service_process("loyalty", env=api_env, probe="/healthz", port=port) as loyalty_url,
+        service_process("loyalty", env=api_env, probe="/healthz", port=port),
     ):
         async with httpx.AsyncClient(base_url=loyalty_url, timeout=10) as loyalty:
             # No worker yet: the API answers, but is not ready, since nothing consumes for it.
@@ -65,11 +68,13 @@ async def test_api_only_process_reports_its_workers_consumer_and_serves_what_it_
                     return int(member.json()["points"]) if member.status_code == 200 else None
 
                 assert await eventually(points, timeout=120, interval=0.2) == 21
-                # Both API processes answer (each has its own pool and caches): every request succeeds.
-                statuses = {(await loyalty.get(f"/v1/members/{body['customer_id']}", headers=api_headers)).status_code}
+                # Both API processes answer on the one port (new connections are spread over them).
+                answers = []
                 for _ in range(20):
-                    statuses.add((await loyalty.get("/healthz")).status_code)
-                assert statuses == {200}
+                    async with httpx.AsyncClient(base_url=loyalty_url, timeout=10) as fresh:
+                        member = await fresh.get(f"/v1/members/{body['customer_id']}", headers=api_headers)
+                        answers.append((member.status_code, member.json()["points"]))
+                assert set(answers) == {(200, 21)}
 
                 # The worker dies without a goodbye: its database session ends, and so does readiness.
                 worker.send_signal(signal.SIGKILL)

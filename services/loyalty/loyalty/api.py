@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import asyncpg
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from loyalty import idempotency, rules, service
 from loyalty.config import LoyaltySettings
-from loyalty.models import LedgerEntry, Member
 from loyalty.rules import CampaignWrite, EarningRules
 from loyalty.schemas import (
     AdjustmentCreate,
     AdjustmentRead,
     CampaignRead,
-    ExpiringPoints,
     MemberRead,
     RedemptionCreate,
     RedemptionRead,
@@ -30,8 +29,8 @@ from loyalty.schemas import (
     TransactionPage,
     TransactionRead,
 )
-from shared.auth import CustomerDep, require_scope
-from shared.db import SessionDep
+from shared.auth import CustomerPrincipal, CustomerTokenVerifier, require_scope
+from shared.db import PgDep, SessionDep
 
 router = APIRouter(prefix="/v1", tags=["loyalty"])
 READ = [Depends(require_scope("loyalty:read"))]
@@ -48,9 +47,10 @@ class RulesCache:
     _rules: EarningRules | None = None
     _until: float = 0.0
 
-    async def get(self, session: AsyncSession) -> EarningRules:
+    async def get(self, connection: asyncpg.Connection) -> EarningRules:
         if self._rules is None or time.monotonic() >= self._until:
-            self._rules, _ = await rules.current_rules(session, fallback=self.fallback)
+            row = await connection.fetchrow("SELECT document FROM earning_rules")
+            self._rules = EarningRules.model_validate(row["document"]) if row else (self.fallback or EarningRules())
             self._until = time.monotonic() + self.ttl_seconds
         return self._rules
 
@@ -58,14 +58,67 @@ class RulesCache:
         self._rules = None
 
 
-async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session without BEGIN/COMMIT (autocommit) for single-statement reads: one round trip fewer."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
-    async with sessionmaker() as session:
-        yield session
+@dataclass
+class VerifiedTokens:
+    """Customer tokens already verified, until their `exp`: a repeat call skips the signature check.
+
+    Keyed by the whole token string, so only a byte-identical token hits; only successes are kept,
+    and the map is emptied when full (bounded memory whatever tokens are sent).
+    """
+
+    verifier: CustomerTokenVerifier
+    max_entries: int = 10_000
+    _verified: dict[str, tuple[float, CustomerPrincipal]] = field(default_factory=dict)
+
+    def verify(self, token: str) -> CustomerPrincipal | None:
+        cached = self._verified.get(token)
+        if cached is not None:
+            if time.time() < cached[0]:
+                return cached[1]
+            del self._verified[token]
+        principal = self.verifier.verify(token)
+        expires = _token_expiry(token) if principal is not None else None
+        if principal is None or expires is None:
+            return principal
+        if len(self._verified) >= self.max_entries:
+            self._verified.clear()
+        self._verified[token] = (expires, principal)
+        return principal
 
 
-ReadSessionDep = Annotated[AsyncSession, Depends(read_session)]
+def _token_expiry(token: str) -> float | None:
+    """The `exp` claim of a token whose signature was just verified (None if unreadable)."""
+    try:
+        payload = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        expires = claims["exp"]
+    except (IndexError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+        return None
+    return float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) else None
+
+
+def _verified_tokens(request: Request) -> VerifiedTokens:
+    tokens: VerifiedTokens | None = getattr(request.app.state, "verified_tokens", None)
+    if tokens is None:
+        tokens = request.app.state.verified_tokens = VerifiedTokens(request.app.state.runtime.customer_tokens)
+    return tokens
+
+
+async def cached_customer(request: Request) -> CustomerPrincipal:
+    """shared.auth.current_customer with a cache of verified tokens (the hot /v1/me path)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    token = credentials.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer credentials", _UNAUTHORIZED)
+    principal = _verified_tokens(request).verify(token)
+    if principal is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid customer token", _UNAUTHORIZED)
+    return principal
+
+
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+FastCustomerDep = Annotated[CustomerPrincipal, Depends(cached_customer)]
 
 
 async def rules_cache(request: Request) -> RulesCache:  # async: a sync dependency would run in a thread
@@ -79,15 +132,14 @@ CustomerId = Annotated[str, PathParam(min_length=1, max_length=MAX_CUSTOMER_ID)]
 IdempotencyKeyHeader = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
 
 # One statement per member answer: the member, its rolling qualifying points and its next expiring lots.
-_MEMBER_ANSWER = text(
-    """
+_MEMBER_ANSWER = """
     SELECT m.customer_id, m.points, m.tier, m.updated_at, m.enrolled_at, q.qualifying,
            x.expiring_points, x.expiring_at
     FROM members m
     CROSS JOIN LATERAL (
         SELECT coalesce(sum(l.qualifying), 0) AS qualifying FROM ledger_entries l
         WHERE l.customer_id = m.customer_id AND l.qualifying <> 0
-          AND l.qualifying_at > now() - make_interval(months => :window_months)
+          AND l.qualifying_at > now() - make_interval(months => $2)
     ) q
     CROSS JOIN LATERAL (
         SELECT array_agg(e.points ORDER BY e.expires_at) AS expiring_points,
@@ -95,65 +147,58 @@ _MEMBER_ANSWER = text(
         FROM (
             SELECT l.expires_at, sum(l.remaining) AS points FROM ledger_entries l
             WHERE l.customer_id = m.customer_id AND l.remaining > 0
-              AND l.expires_at <= now() + make_interval(days => :window_days)
-            GROUP BY l.expires_at ORDER BY l.expires_at LIMIT :listed
+              AND l.expires_at <= now() + make_interval(days => $3)
+            GROUP BY l.expires_at ORDER BY l.expires_at LIMIT $4
         ) e
     ) x
-    WHERE m.customer_id = :customer_id
-    """
-)
+    WHERE m.customer_id = $1
+"""
 
 
-async def _member_read(session: AsyncSession, cache: RulesCache, request: Request, customer_id: str) -> MemberRead:
-    program = await cache.get(session)
+async def _member_answer(connection: asyncpg.Connection, request: Request, customer_id: str) -> bytes:
+    """The member answer as JSON bytes (MemberRead's fields, in order), from one statement."""
+    if len(customer_id) > MAX_CUSTOMER_ID:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")  # a token's sub no member can have
+    program = await request.app.state.rules_cache.get(connection)
     settings: LoyaltySettings = request.app.state.settings
-    row = (
-        await session.execute(
-            _MEMBER_ANSWER,
-            {
-                "customer_id": customer_id,
-                "window_months": program.qualifying_window_months,
-                "window_days": settings.expiring_window_days,
-                "listed": settings.expiring_max_listed,
-            },
-        )
-    ).first()
+    row = await connection.fetchrow(
+        _MEMBER_ANSWER,
+        customer_id,
+        program.qualifying_window_months,
+        settings.expiring_window_days,
+        settings.expiring_max_listed,
+    )
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
-    following = program.next_tier(row.tier)
-    qualifying = int(row.qualifying)
-    return MemberRead(
-        customer_id=row.customer_id,
-        points=row.points,
-        tier=row.tier,
-        expiring=[
-            ExpiringPoints(points=int(p), expires_at=at)
-            for p, at in zip(row.expiring_points or [], row.expiring_at or [], strict=True)
-        ],
-        updated_at=row.updated_at,
-        enrolled_at=row.enrolled_at,
-        qualifying_points=qualifying,
-        next_tier=following.name if following else None,
-        points_to_next_tier=max(0, following.threshold - qualifying) if following else None,
+    following = program.next_tier(row["tier"])
+    qualifying = int(row["qualifying"])
+    points, dates = row["expiring_points"] or [], row["expiring_at"] or []
+    return orjson.dumps(
+        {
+            "customer_id": row["customer_id"],
+            "points": row["points"],
+            "tier": row["tier"],
+            "expiring": [{"points": int(p), "expires_at": at} for p, at in zip(points, dates, strict=True)],
+            "updated_at": row["updated_at"],
+            "enrolled_at": row["enrolled_at"],
+            "qualifying_points": qualifying,
+            "next_tier": following.name if following else None,
+            "points_to_next_tier": max(0, following.threshold - qualifying) if following else None,
+        },
+        option=orjson.OPT_UTC_Z,
     )
 
 
-async def _member_response(request: Request, customer_id: str) -> Response:
-    """The hottest routes: no dependencies beyond auth, one statement, serialised once to JSON bytes."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
-    async with sessionmaker() as session:
-        member = await _member_read(session, request.app.state.rules_cache, request, customer_id)
-    return Response(member.model_dump_json(), media_type="application/json")
-
-
+# The hottest routes: auth, one pooled asyncpg connection, one statement, JSON bytes built once.
+# `response_model` documents the answer; returning a Response skips a second validation.
 @router.get("/members/{customer_id}", response_model=MemberRead, dependencies=READ)
-async def get_member(customer_id: CustomerId, request: Request) -> Response:
-    return await _member_response(request, customer_id)
+async def get_member(customer_id: CustomerId, connection: PgDep, request: Request) -> Response:
+    return Response(await _member_answer(connection, request, customer_id), media_type="application/json")
 
 
 @router.get("/me", response_model=MemberRead)
-async def get_me(customer: CustomerDep, request: Request) -> Response:
-    return await _member_response(request, customer.customer_id)
+async def get_me(customer: FastCustomerDep, connection: PgDep, request: Request) -> Response:
+    return Response(await _member_answer(connection, request, customer.customer_id), media_type="application/json")
 
 
 def _page_size(request: Request, limit: int | None) -> int:
@@ -161,31 +206,39 @@ def _page_size(request: Request, limit: int | None) -> int:
     return min(limit or settings.transactions_page_size, settings.transactions_max_page_size)
 
 
-async def _transactions(session: AsyncSession, *, customer_id: str, limit: int, cursor: str | None) -> TransactionPage:
-    if await session.scalar(select(Member.customer_id).where(Member.customer_id == customer_id)) is None:
+_LEDGER_PAGE = """
+    SELECT id, kind, points, balance_after, cause_type, cause_id, reason, occurred_at, created_at,
+           expires_at, remaining, shortfall
+    FROM ledger_entries
+    WHERE customer_id = $1 AND ($2::bigint IS NULL OR id < $2)
+    ORDER BY id DESC LIMIT $3
+"""
+
+
+async def _transactions(
+    connection: asyncpg.Connection, *, customer_id: str, limit: int, cursor: str | None
+) -> TransactionPage:
+    if await connection.fetchval("SELECT 1 FROM members WHERE customer_id = $1", customer_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
-    query = select(LedgerEntry).where(LedgerEntry.customer_id == customer_id)
-    if cursor is not None:
-        query = query.where(LedgerEntry.id < int(cursor))
-    entries = list((await session.execute(query.order_by(LedgerEntry.id.desc()).limit(limit + 1))).scalars())
+    rows = await connection.fetch(_LEDGER_PAGE, customer_id, int(cursor) if cursor is not None else None, limit + 1)
     items = [
         TransactionRead(
-            entry_id=e.id,
-            kind=e.kind,
-            points=e.points,
-            balance_after=e.balance_after,
-            cause_type=e.cause_type,
-            cause_id=e.cause_id,
-            reason=e.reason,
-            occurred_at=e.occurred_at,
-            created_at=e.created_at,
-            expires_at=e.expires_at,
-            remaining=e.remaining,
-            shortfall=e.shortfall,
+            entry_id=row["id"],
+            kind=row["kind"],
+            points=row["points"],
+            balance_after=row["balance_after"],
+            cause_type=row["cause_type"],
+            cause_id=row["cause_id"],
+            reason=row["reason"],
+            occurred_at=row["occurred_at"],
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            remaining=row["remaining"],
+            shortfall=row["shortfall"],
         )
-        for e in entries[:limit]
+        for row in rows[:limit]
     ]
-    return TransactionPage(items=items, next_cursor=str(entries[limit - 1].id) if len(entries) > limit else None)
+    return TransactionPage(items=items, next_cursor=str(rows[limit - 1]["id"]) if len(rows) > limit else None)
 
 
 Limit = Annotated[int | None, Query(ge=1, le=1000, description="entries per page (default 50, at most 200)")]
@@ -194,17 +247,17 @@ Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="next
 
 @router.get("/members/{customer_id}/transactions", response_model=TransactionPage, dependencies=READ)
 async def list_member_transactions(
-    customer_id: CustomerId, session: ReadSessionDep, request: Request, limit: Limit = None, cursor: Cursor = None
+    customer_id: CustomerId, connection: PgDep, request: Request, limit: Limit = None, cursor: Cursor = None
 ) -> TransactionPage:
-    return await _transactions(session, customer_id=customer_id, limit=_page_size(request, limit), cursor=cursor)
+    return await _transactions(connection, customer_id=customer_id, limit=_page_size(request, limit), cursor=cursor)
 
 
 @router.get("/me/transactions", response_model=TransactionPage)
 async def list_my_transactions(
-    customer: CustomerDep, session: ReadSessionDep, request: Request, limit: Limit = None, cursor: Cursor = None
+    customer: FastCustomerDep, connection: PgDep, request: Request, limit: Limit = None, cursor: Cursor = None
 ) -> TransactionPage:
     return await _transactions(
-        session, customer_id=customer.customer_id, limit=_page_size(request, limit), cursor=cursor
+        connection, customer_id=customer.customer_id, limit=_page_size(request, limit), cursor=cursor
     )
 
 
@@ -311,7 +364,7 @@ async def redeem_member_points(
 
 @router.post("/me/redemptions", status_code=201, responses=_CREATED)
 async def redeem_my_points(
-    customer: CustomerDep, body: RedemptionCreate, key: IdempotencyKeyHeader, session: SessionDep, request: Request
+    customer: FastCustomerDep, body: RedemptionCreate, key: IdempotencyKeyHeader, session: SessionDep, request: Request
 ) -> Response:
     return await _redeem(session, request, customer.customer_id, key, body)
 

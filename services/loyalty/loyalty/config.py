@@ -14,10 +14,6 @@ class LoyaltySettings(ServiceSettings):
     # Redemptions wait on their member's row lock while holding a connection: a bigger pool than the default.
     db_pool_size: int = 20
     db_max_overflow: int = 40
-    # A second pool for single-statement reads (GET /v1/me): autocommit and no pre-ping, one round trip each.
-    read_pool_size: int = 10
-    read_max_overflow: int = 20
-    read_pool_recycle_seconds: int = 1800
 
     # Earning rules (JSON, docs/loyalty.md) copied into the database at start when it holds none.
     rules_file: str | None = None

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,13 +107,17 @@ async def produce(bootstrap: str, events: list[tuple[str, str, bytes]]) -> None:
         await producer.stop()
 
 
-def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(module: str, env: dict[str, str], log: Path, profile: str | None = None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", module]
+    if profile:  # py-spy's raw (collapsed) stacks, for a flame graph or grep
+        command = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw", "-o", profile,
+                   "--", *command]  # fmt: skip
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", module], env=os.environ | env, stdout=out, stderr=out)
+        return subprocess.Popen(command, env=os.environ | env, stdout=out, stderr=out)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
+    process.send_signal(signal.SIGINT)  # the worker stops cleanly on it, and py-spy writes its profile
     try:
         process.wait(15)
     except subprocess.TimeoutExpired:
@@ -197,6 +202,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=2_000)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--profile", help="record the worker with py-spy into this file (raw stacks)")
+    parser.add_argument("--skip-get", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="profiles-bench-") as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "pg", free_port())
@@ -216,11 +223,14 @@ def main() -> None:
             }
             events = make_events(args.events, args.customers)
             asyncio.run(produce(broker.bootstrap, events))
-            worker = start("profiles.worker", env, Path(tmp) / "worker.log")
+            worker = start("profiles.worker", env, Path(tmp) / "worker.log", args.profile)
             try:
                 consumer = asyncio.run(consumer_rate(postgres.dsn("profiles"), args.events, timeout=600))
             finally:
                 stop(worker)
+            if args.skip_get:
+                print(json.dumps({"consumer": consumer}, indent=2))
+                return
             port = free_port()
             api_env = env | {"PROFILES_PORT": str(port), "PROFILES_CONSUMERS_ENABLED": "false"}
             api = start("profiles.main", api_env, Path(tmp) / "api.log")

@@ -1,27 +1,50 @@
-"""The profile as others see it: the snapshot in profile.updated, the HTTP view, and publishing changes."""
+"""The profile as others see it: the snapshot in profile.updated, the HTTP view, and publishing changes.
+
+Rows are plain mappings of the customers table's columns (read with asyncpg, jsonb as text and
+parsed here), so the hot paths (publishing, GET) never build ORM objects.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import orjson
-from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from profiles.batch import connection
 from profiles.config import ProfilesSettings
 from profiles.events import ProfileUpdated, profile_updated
-from profiles.lifecycle import lifecycle_stage
-from profiles.models import Affinity, Customer, CustomerTrait, SegmentMembership
+from profiles.models import Affinity
 from shared.money import is_currency, minor_unit
-from shared.outbox import OutgoingMessage, add_to_outbox
+from shared.outbox import OutgoingMessage, add_to_outbox_pg
 from shared.topics import PROFILES
 
 # Never leaves profiles' database in an event (GET and the export show them to authorised callers).
 PRIVATE_TRAITS = frozenset({"email", "phone", "name", "first_name", "last_name", "address"})
+
+Row = Mapping[str, Any]
+JSON_COLUMNS = ("order_channels", "interaction_counts", "interaction_channels", "published")
+# What a snapshot reads from customers (jsonb as text: the connection's codecs do not matter).
+SNAPSHOT_COLUMNS = """
+    c.customer_id, c.version, c.orders, c.currency, c.currency_orders, c.gross_revenue, c.refunded_amount,
+    c.net_revenue, c.refunds, c.first_purchase_at, c.last_purchase_at, c.order_channels::text as order_channels,
+    c.interaction_counts::text as interaction_counts, c.interaction_channels::text as interaction_channels,
+    c.last_seen_at, c.loyalty_tier, c.loyalty_points, c.nps_last, c.csat_sum, c.csat_count, c.rating_sum,
+    c.rating_count, c.sentiment_sum, c.sentiment_count, c.complaints, c.feedback_count, c.updated_at
+"""
+
+
+def customer_row(record: asyncpg.Record) -> dict[str, Any]:
+    row = dict(record)
+    for column in JSON_COLUMNS:
+        if isinstance(row.get(column), str):
+            row[column] = orjson.loads(row[column])
+    return row
 
 
 def money(amount: Decimal | None, currency: str | None) -> str | None:
@@ -44,44 +67,69 @@ def affinity_score(settings: ProfilesSettings) -> Any:
     return Affinity.purchased * settings.purchase_weight + Affinity.views * settings.view_weight
 
 
-def preferred_channels(customer: Customer) -> list[str]:
+def stage_of(row: Row, settings: ProfilesSettings, now: datetime) -> str:
+    """The lifecycle stage at `now`: the same rules as lifecycle.lifecycle_stage (SQL), first match wins."""
+    orders, first, last = row["orders"], row["first_purchase_at"], row["last_purchase_at"]
+    if orders <= 0:
+        return "prospect"
+    if last is not None and last < now - timedelta(days=settings.churned_after_days):
+        return "churned"
+    if last is not None and last < now - timedelta(days=settings.at_risk_after_days):
+        return "at_risk"
+    if orders >= settings.loyal_min_orders:
+        return "loyal"
+    if orders >= settings.repeat_min_orders:
+        return "repeat"
+    if first is not None and first >= now - timedelta(days=settings.new_customer_days):
+        return "new"
+    return "active"
+
+
+def preferred_channels(customer: Row) -> list[str]:
     counts: dict[str, int] = defaultdict(int)
-    for channel, n in [*customer.order_channels.items(), *customer.interaction_channels.items()]:
+    for channel, n in [*customer["order_channels"].items(), *customer["interaction_channels"].items()]:
         counts[channel] += int(n)
     return sorted(counts, key=lambda channel: (-counts[channel], channel))
 
 
-def purchase_statistics(customer: Customer) -> dict[str, Any]:
-    average_order_value = customer.net_revenue / customer.currency_orders if customer.currency_orders else None
+def purchase_statistics(customer: Row) -> dict[str, Any]:
+    orders, currency, first, last = (
+        customer["orders"],
+        customer["currency"],
+        customer["first_purchase_at"],
+        customer["last_purchase_at"],
+    )
+    currency_orders = customer["currency_orders"]
+    average_order_value = customer["net_revenue"] / currency_orders if currency_orders else None
     average_days = None
-    if customer.orders >= 2 and customer.first_purchase_at and customer.last_purchase_at:
-        span = (customer.last_purchase_at - customer.first_purchase_at).total_seconds() / 86_400
-        average_days = round(span / (customer.orders - 1), 2)
+    if orders >= 2 and first and last:
+        span = (last - first).total_seconds() / 86_400
+        average_days = round(span / (orders - 1), 2)
     return {
-        "orders": customer.orders,
-        "net_revenue": money(customer.net_revenue, customer.currency),
-        "currency": customer.currency,
-        "average_order_value": money(average_order_value, customer.currency),
-        "first_purchase_at": _time(customer.first_purchase_at),
-        "last_purchase_at": _time(customer.last_purchase_at),
+        "orders": orders,
+        "net_revenue": money(customer["net_revenue"], currency),
+        "currency": currency,
+        "average_order_value": money(average_order_value, currency),
+        "first_purchase_at": _time(first),
+        "last_purchase_at": _time(last),
         "average_days_between_orders": average_days,
-        "refunds": customer.refunds,
+        "refunds": customer["refunds"],
     }
 
 
-def satisfaction(customer: Customer) -> dict[str, Any]:
+def satisfaction(customer: Row) -> dict[str, Any]:
     return {
-        "nps_last": customer.nps_last,
-        "csat_avg": _ratio(customer.csat_sum, customer.csat_count),
-        "rating_avg": _ratio(customer.rating_sum, customer.rating_count),
-        "sentiment_avg": _ratio(customer.sentiment_sum, customer.sentiment_count),
-        "complaints": customer.complaints,
-        "feedback_count": customer.feedback_count,
+        "nps_last": customer["nps_last"],
+        "csat_avg": _ratio(customer["csat_sum"], customer["csat_count"]),
+        "rating_avg": _ratio(customer["rating_sum"], customer["rating_count"]),
+        "sentiment_avg": _ratio(customer["sentiment_sum"], customer["sentiment_count"]),
+        "complaints": customer["complaints"],
+        "feedback_count": customer["feedback_count"],
     }
 
 
 def profile_snapshot(
-    customer: Customer,
+    customer: Row,
     *,
     stage: str,
     top_categories: Sequence[str],
@@ -94,10 +142,10 @@ def profile_snapshot(
         **purchase_statistics(customer),
         "top_categories": list(top_categories),
         "preferred_channels": preferred_channels(customer),
-        "interaction_counts": dict(sorted(customer.interaction_counts.items())),
-        "last_seen_at": _time(customer.last_seen_at),
-        "loyalty_tier": customer.loyalty_tier,
-        "loyalty_points": customer.loyalty_points,
+        "interaction_counts": dict(sorted(customer["interaction_counts"].items())),
+        "last_seen_at": _time(customer["last_seen_at"]),
+        "loyalty_tier": customer["loyalty_tier"],
+        "loyalty_points": customer["loyalty_points"],
         "satisfaction": satisfaction(customer),
         "traits": {k: v for k, v in sorted(traits.items()) if k not in PRIVATE_TRAITS},
         "segments": sorted(segments),
@@ -107,32 +155,20 @@ def profile_snapshot(
 
 
 async def top_categories(
-    session: AsyncSession, customer_ids: Sequence[str], *, settings: ProfilesSettings
+    conn: asyncpg.Connection, customer_ids: Sequence[str], *, settings: ProfilesSettings
 ) -> dict[str, list[str]]:
-    score = affinity_score(settings)
-    rank = func.row_number().over(partition_by=Affinity.customer_id, order_by=(score.desc(), Affinity.key))
-    ranked = (
-        select(Affinity.customer_id, Affinity.key, rank.label("rank"))
-        .where(Affinity.customer_id.in_(customer_ids))
-        .where(Affinity.kind == "category")
-        .subquery()
-    )
-    rows = await session.execute(
-        select(ranked.c.customer_id, ranked.c.key)
-        .where(ranked.c.rank <= settings.top_categories)
-        .order_by(ranked.c.customer_id, ranked.c.rank)
-    )
-    found: dict[str, list[str]] = defaultdict(list)
-    for customer_id, key in rows:
-        found[customer_id].append(key)
-    return found
-
-
-async def current_segments(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, list[str]]:
-    rows = await session.execute(
-        select(SegmentMembership.customer_id, SegmentMembership.segment_key)
-        .where(SegmentMembership.customer_id.in_(customer_ids))
-        .where(SegmentMembership.member)
+    rows = await conn.fetch(
+        """
+        select customer_id, key from (
+            select customer_id, key, row_number() over (
+                partition by customer_id order by purchased * $2::numeric + views * $3::numeric desc, key) as rank
+            from affinities where customer_id = any($1::text[]) and kind = 'category') ranked
+        where rank <= $4 order by customer_id, rank
+        """,
+        list(customer_ids),
+        settings.purchase_weight,
+        settings.view_weight,
+        settings.top_categories,
     )
     found: dict[str, list[str]] = defaultdict(list)
     for customer_id, key in rows:
@@ -140,15 +176,25 @@ async def current_segments(session: AsyncSession, customer_ids: Sequence[str]) -
     return found
 
 
-async def all_traits(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    rows = await session.execute(
-        select(CustomerTrait.customer_id, CustomerTrait.trait, CustomerTrait.value).where(
-            CustomerTrait.customer_id.in_(customer_ids)
-        )
+async def current_segments(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> dict[str, list[str]]:
+    rows = await conn.fetch(
+        "select customer_id, segment_key from segment_memberships where customer_id = any($1::text[]) and member",
+        list(customer_ids),
+    )
+    found: dict[str, list[str]] = defaultdict(list)
+    for customer_id, key in rows:
+        found[customer_id].append(key)
+    return found
+
+
+async def all_traits(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    rows = await conn.fetch(
+        "select customer_id, trait, value::text from customer_traits where customer_id = any($1::text[])",
+        list(customer_ids),
     )
     found: dict[str, dict[str, Any]] = defaultdict(dict)
     for customer_id, trait, value in rows:
-        found[customer_id][trait] = value
+        found[customer_id][trait] = orjson.loads(value)
     return found
 
 
@@ -161,50 +207,62 @@ def changed_fields(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -
 async def publish_profile_changes(
     session: AsyncSession, *, settings: ProfilesSettings, now: datetime, limit: int | None = None
 ) -> tuple[int, int]:
-    """One batch of dirty profiles: publish profile.updated for those that changed; (claimed, published)."""
-    stage = lifecycle_stage(settings, now)
-    claimed = await session.execute(
-        select(Customer, stage)
-        .where(Customer.dirty)
-        .order_by(Customer.customer_id)
-        .limit(limit or settings.publish_batch_size)
-        .with_for_update(skip_locked=True, of=Customer)
-        .execution_options(populate_existing=True)
+    """One batch of dirty profiles: publish profile.updated for those that changed; (claimed, published).
+
+    Claimed with `for update skip locked`, so a profile the consumer is changing waits for the next run.
+    """
+    conn = await connection(session)
+    claimed = await conn.fetch(
+        f"""
+        select {SNAPSHOT_COLUMNS}, c.published::text as published from customers c
+        where c.dirty order by c.customer_id limit $1 for update skip locked
+        """,
+        limit or settings.publish_batch_size,
     )
-    rows: list[tuple[Customer, str]] = [(row[0], row[1]) for row in claimed.all()]
-    if not rows:
+    if not claimed:
         return 0, 0
-    ids = [customer.customer_id for customer, _ in rows]
-    categories = await top_categories(session, ids, settings=settings)
-    segments = await current_segments(session, ids)
-    traits = await all_traits(session, ids)
-    changes: list[dict[str, Any]] = []
+    rows = [customer_row(record) for record in claimed]
+    ids = [row["customer_id"] for row in rows]
+    categories = await top_categories(conn, ids, settings=settings)
+    segments = await current_segments(conn, ids)
+    traits = await all_traits(conn, ids)
+    versions: list[int] = []
+    snapshots: list[str] = []
+    stages: list[str] = []
     messages: list[OutgoingMessage] = []
-    for customer, customer_stage in rows:
+    for row in rows:
+        customer_id = row["customer_id"]
+        stage = stage_of(row, settings, now)
         snapshot = profile_snapshot(
-            customer,
-            stage=customer_stage,
-            top_categories=categories.get(customer.customer_id, []),
-            segments=segments.get(customer.customer_id, []),
-            traits=traits.get(customer.customer_id, {}),
+            row,
+            stage=stage,
+            top_categories=categories.get(customer_id, []),
+            segments=segments.get(customer_id, []),
+            traits=traits.get(customer_id, {}),
         )
-        changed = changed_fields(customer.published, snapshot)
-        version = customer.version + 1 if changed else customer.version
-        changes.append({"cid": customer.customer_id, "v": version, "p": snapshot, "s": customer_stage})
+        changed = changed_fields(row["published"], snapshot)
+        version = row["version"] + 1 if changed else row["version"]
+        versions.append(version)
+        snapshots.append(orjson.dumps(snapshot).decode())
+        stages.append(stage)
         if changed:
             data = ProfileUpdated(
-                customer_id=customer.customer_id, version=version, changed=changed, occurred_at=now, profile=snapshot
+                customer_id=customer_id, version=version, changed=changed, occurred_at=now, profile=snapshot
             )
-            messages.append(OutgoingMessage(PROFILES, customer.customer_id, profile_updated(data)))
-    table = Customer.__table__
-    assert isinstance(table, Table)
-    await session.execute(
-        update(table)
-        .where(table.c.customer_id == bindparam("cid"))
-        .values(version=bindparam("v"), published=bindparam("p"), lifecycle_stage=bindparam("s"), dirty=False),
-        changes,
+            messages.append(OutgoingMessage(PROFILES, customer_id, profile_updated(data)))
+    await conn.execute(
+        """
+        update customers c set version = u.version, published = u.published::jsonb, lifecycle_stage = u.stage,
+            dirty = false
+        from unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) as u(customer_id, version, published, stage)
+        where c.customer_id = u.customer_id
+        """,
+        ids,
+        versions,
+        snapshots,
+        stages,
     )
-    await add_to_outbox(session, messages, max_message_bytes=settings.max_message_bytes)
+    await add_to_outbox_pg(conn, messages, max_message_bytes=settings.max_message_bytes)
     return len(rows), len(messages)
 
 

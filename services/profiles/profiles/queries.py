@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+import asyncpg
 import orjson
 from sqlalchemy import ColumnElement, Select, and_, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from profiles.batch import connection
 from profiles.config import ProfilesSettings
-from profiles.lifecycle import lifecycle_stage
 from profiles.models import (
     Affinity,
     Customer,
@@ -27,14 +28,7 @@ from profiles.models import (
     Refund,
     SegmentMembership,
 )
-from profiles.portrait import (
-    affinity_score,
-    all_traits,
-    current_segments,
-    money,
-    profile_snapshot,
-    top_categories,
-)
+from profiles.portrait import SNAPSHOT_COLUMNS, customer_row, money, profile_snapshot, stage_of, top_categories
 
 SortField = Literal["net_revenue", "last_purchase_at", "first_purchase_at", "orders", "last_seen_at", "customer_id"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # sorts customers without a date first (ascending)
@@ -44,64 +38,75 @@ class InvalidCursor(ValueError):
     pass
 
 
-async def customer_view(
-    session: AsyncSession, *, customer_id: str, settings: ProfilesSettings, now: datetime
+# The whole GET view in one round trip: the row, its traits, segments and ranked affinities.
+_VIEW = f"""
+    select {SNAPSHOT_COLUMNS},
+        (select coalesce(jsonb_object_agg(t.trait, t.value), '{{}}'::jsonb)::text
+         from customer_traits t where t.customer_id = c.customer_id) as traits,
+        array(select s.segment_key from segment_memberships s
+              where s.customer_id = c.customer_id and s.member) as segments,
+        (select coalesce(json_agg(json_build_array(a.kind, a.key, a.purchased, a.views, a.score)
+                                  order by a.kind, a.score desc, a.key), '[]')::text
+         from (select kind, key, purchased, views, purchased * $2::numeric + views * $3::numeric as score,
+                      row_number() over (partition by kind
+                                         order by purchased * $2::numeric + views * $3::numeric desc, key) as rank
+               from affinities where customer_id = c.customer_id) a
+         where a.rank <= $4) as affinities
+    from customers c where c.customer_id = $1
+"""
+PREFERENCES_SHOWN = 20
+
+
+async def fetch_customer_view(
+    conn: asyncpg.Connection, *, customer_id: str, settings: ProfilesSettings, now: datetime
 ) -> dict[str, Any] | None:
     """The profile as GET shows it: the published snapshot's fields, all traits, and the preferences."""
-    found = (
-        await session.execute(
-            select(Customer, lifecycle_stage(settings, now)).where(Customer.customer_id == customer_id)
-        )
-    ).first()
-    if found is None:
+    record = await conn.fetchrow(
+        _VIEW,
+        customer_id,
+        settings.purchase_weight,
+        settings.view_weight,
+        max(PREFERENCES_SHOWN, settings.top_categories),
+    )
+    if record is None:
         return None
-    customer, stage = found
-    ids = [customer_id]
-    traits = (await all_traits(session, ids)).get(customer_id, {})
+    row = customer_row(record)
+    traits: dict[str, Any] = orjson.loads(row["traits"])
+    preferences: dict[str, list[dict[str, Any]]] = {"category": [], "product": []}
+    for kind, key, purchased, views, score in orjson.loads(row["affinities"]):
+        name = "category" if kind == "category" else "sku"
+        preferences[kind].append({name: key, "purchased": purchased, "views": views, "score": float(score)})
     view = profile_snapshot(
-        customer,
-        stage=stage,
-        top_categories=(await top_categories(session, ids, settings=settings)).get(customer_id, []),
-        segments=(await current_segments(session, ids)).get(customer_id, []),
+        row,
+        stage=stage_of(row, settings, now),
+        top_categories=[p["category"] for p in preferences["category"][: settings.top_categories]],
+        segments=row["segments"],
         traits=traits,
     )
-    preferences = await _preferences(session, customer_id, settings=settings)
+    currency = row["currency"]
     return {
         "customer_id": customer_id,
-        "version": customer.version,
+        "version": row["version"],
         **view,
         "traits": dict(sorted(traits.items())),
-        "gross_revenue": money(customer.gross_revenue, customer.currency),
-        "refunded_amount": money(customer.refunded_amount, customer.currency),
-        "category_preferences": preferences["category"],
-        "product_preferences": preferences["product"],
+        "gross_revenue": money(row["gross_revenue"], currency),
+        "refunded_amount": money(row["refunded_amount"], currency),
+        "category_preferences": preferences["category"][:PREFERENCES_SHOWN],
+        "product_preferences": preferences["product"][:PREFERENCES_SHOWN],
         "channel_preferences": {
-            "orders": dict(sorted(customer.order_channels.items())),
-            "interactions": dict(sorted(customer.interaction_channels.items())),
+            "orders": dict(sorted(row["order_channels"].items())),
+            "interactions": dict(sorted(row["interaction_channels"].items())),
         },
-        "updated_at": customer.updated_at.isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
     }
 
 
-async def _preferences(
-    session: AsyncSession, customer_id: str, *, settings: ProfilesSettings, limit: int = 20
-) -> dict[str, list[dict[str, Any]]]:
-    score = affinity_score(settings)
-    found: dict[str, list[dict[str, Any]]] = {"category": [], "product": []}
-    for kind in found:
-        rows = await session.execute(
-            select(Affinity.key, Affinity.purchased, Affinity.views, score)
-            .where(Affinity.customer_id == customer_id)
-            .where(Affinity.kind == kind)
-            .order_by(score.desc(), Affinity.key)
-            .limit(limit)
-        )
-        name = "category" if kind == "category" else "sku"
-        found[kind] = [
-            {name: key, "purchased": purchased, "views": views, "score": float(value)}
-            for key, purchased, views, value in rows
-        ]
-    return found
+async def customer_view(
+    session: AsyncSession, *, customer_id: str, settings: ProfilesSettings, now: datetime
+) -> dict[str, Any] | None:
+    """fetch_customer_view inside a session's transaction."""
+    conn = await connection(session)
+    return await fetch_customer_view(conn, customer_id=customer_id, settings=settings, now=now)
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,7 @@ async def list_customers(
     rows = (await session.execute(query.order_by(*direction).limit(limit + 1))).all()
     page = rows[:limit]
     ids = [row[0].customer_id for row in page]
-    categories = await top_categories(session, ids, settings=settings) if ids else {}
+    categories = await top_categories(await connection(session), ids, settings=settings) if ids else {}
     items = [_summary(row[0], categories.get(row[0].customer_id, [])) for row in page]
     next_cursor = None
     if len(rows) > limit and page:

@@ -224,8 +224,8 @@ async def test_big_batches_give_the_same_profiles_as_one_event_at_a_time(platfor
     stream = [
         event
         for n, events in enumerate(customers)
-        for event in history(events, f"anon-{run}-{n}")
-        + [
+        for event in [
+            *history(events, f"anon-{run}-{n}"),
             events.purchase(f"o-x-{n}", days_ago=1, items=[("TEA", "tea", 3, "4.00")], currency="EUR"),
             events.feedback(f"f-x-{n}", "rating", 3, days_ago=2),
             events.feedback(f"f-y-{n}", "complaint", None, days_ago=2),

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loyalty import idempotency, service
+from loyalty.batch import batch_handlers_for
 from loyalty.config import LoyaltySettings
 from loyalty.handlers import handlers_for
 from loyalty.rules import ProgramFile, read_program_file, seed_rules
@@ -66,7 +67,11 @@ def scheduled_jobs(settings: LoyaltySettings, program: ProgramFile | None) -> li
 def build_runtime(settings: LoyaltySettings) -> ServiceRuntime:
     program = read_program_file(settings.rules_file)
     return ServiceRuntime(
-        settings, consumes=CONSUMES, handlers=handlers_for(program), jobs=scheduled_jobs(settings, program)
+        settings,
+        consumes=CONSUMES,
+        handlers=handlers_for(program),
+        batch_handlers=batch_handlers_for(program),
+        jobs=scheduled_jobs(settings, program),
     )
 
 

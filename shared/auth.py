@@ -99,15 +99,36 @@ class ApiKeyVerifier:
         return ApiKeyPrincipal(row.key_id, frozenset(row.scopes), row.rate_limit_per_second)
 
 
-@dataclass(frozen=True)
+@dataclass
 class CustomerTokenVerifier:
-    """Customer JWTs: HS256 with a shared secret and/or RS256 with a public key."""
+    """Customer JWTs: HS256 with a shared secret and/or RS256 with a public key.
+
+    A mobile app sends the same token on every call until it expires, and checking a signature costs
+    more than the rest of a balance read: tokens that verified are remembered until their `exp`.
+    """
 
     secret: str | None
     public_key: str | None
     audience: str | None = None
+    max_remembered: int = 50_000
+    _verified: dict[str, tuple[float, CustomerPrincipal]] = field(default_factory=dict)
 
     def verify(self, token: str) -> CustomerPrincipal | None:
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            if time.time() < remembered[0]:
+                return remembered[1]
+            del self._verified[token]
+        checked = self._check(token)
+        if checked is None:
+            return None
+        expires_at, principal = checked
+        if len(self._verified) >= self.max_remembered:
+            self._verified.clear()
+        self._verified[token] = (expires_at, principal)
+        return principal
+
+    def _check(self, token: str) -> tuple[float, CustomerPrincipal] | None:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -129,7 +150,7 @@ class CustomerTokenVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             return None
-        return CustomerPrincipal(subject)
+        return float(claims["exp"]), CustomerPrincipal(subject)
 
 
 def issue_customer_token(customer_id: str, secret: str, *, ttl_seconds: int = 86_400) -> str:

@@ -13,7 +13,14 @@ import pytest
 from loyalty.config import LoyaltySettings
 from sqlalchemy import text
 
-from shared.auth import ALL_SCOPES, generate_api_key, hash_api_key, issue_customer_token
+from shared.auth import (
+    ALL_SCOPES,
+    CustomerPrincipal,
+    CustomerTokenVerifier,
+    generate_api_key,
+    hash_api_key,
+    issue_customer_token,
+)
 from shared.tables import api_keys
 from shared.testing import TEST_JWT_SECRET, TestPlatform, running_app
 
@@ -101,3 +108,23 @@ async def test_bad_customer_tokens_are_401(api: httpx.AsyncClient, platform: Tes
 
 def test_dev_key_has_every_scope() -> None:
     assert {"ingest:write", "loyalty:write", "admin"} <= set(ALL_SCOPES)
+
+
+def test_a_remembered_customer_token_still_expires() -> None:
+    verifier = CustomerTokenVerifier(secret=TEST_JWT_SECRET, public_key=None)
+    now = int(time.time())
+    token = jwt.encode({"sub": "cus-brief", "iat": now, "exp": now + 1}, TEST_JWT_SECRET, algorithm="HS256")
+    assert verifier.verify(token) == CustomerPrincipal("cus-brief")
+    assert verifier.verify(token) == CustomerPrincipal("cus-brief")  # from memory
+    time.sleep(1.2)
+    assert verifier.verify(token) is None
+
+
+def test_a_tampered_copy_of_a_remembered_token_is_refused() -> None:
+    verifier = CustomerTokenVerifier(secret=TEST_JWT_SECRET, public_key=None)
+    token = issue_customer_token("cus-real", TEST_JWT_SECRET)
+    assert verifier.verify(token) == CustomerPrincipal("cus-real")
+    header, _, signature = token.split(".")
+    forged_claims = jwt.utils.base64url_encode(b'{"sub":"cus-other","exp":9999999999}').decode()
+    assert verifier.verify(f"{header}.{forged_claims}.{signature}") is None
+    assert verifier.verify(token[:-2] + ("AA" if not token.endswith("AA") else "BB")) is None

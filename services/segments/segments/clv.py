@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize
-from scipy.special import betaln, gammaln, hyp2f1
+from scipy.special import betaln, digamma, gammaln, hyp2f1
 
 Array = npt.NDArray[np.float64]
 
@@ -61,16 +61,48 @@ def bgnbd_log_likelihood(params: tuple[float, float, float, float], x: Array, t_
     return np.asarray(a1 + a2 + np.logaddexp(a3, a4), dtype=np.float64)
 
 
+def bgnbd_log_likelihood_gradient(
+    params: tuple[float, float, float, float], x: Array, t_x: Array, T: Array
+) -> tuple[Array, Array]:
+    """Per-customer log-likelihood and its gradient with respect to (log r, log alpha, log a, log b).
+
+    The exact derivative of equation (6) (digamma for the gamma and beta functions; the two terms of
+    the log-sum weighted by their shares): one evaluation per optimiser step instead of five for
+    finite differences.
+    """
+    r, alpha, a, b = params
+    repeat = x > 0
+    log_at = np.log(alpha + T)
+    log_atx = np.log(alpha + t_x)
+    a3 = -(r + x) * log_at
+    a4 = np.full_like(x, -np.inf)
+    bx1 = np.where(repeat, b + x - 1, 1.0)
+    a4[repeat] = np.log(a) - np.log(bx1[repeat]) - (r + x[repeat]) * log_atx[repeat]
+    mix = np.logaddexp(a3, a4)
+    w3 = np.exp(a3 - mix)
+    w4 = np.exp(a4 - mix)
+    ll = gammaln(r + x) - gammaln(r) + r * np.log(alpha) + betaln(a, b + x) - betaln(a, b) + mix
+    psi_abx = digamma(a + b + x)
+    psi_ab = digamma(a + b)
+    d_r = digamma(r + x) - digamma(r) + np.log(alpha) - w3 * log_at - w4 * log_atx
+    d_alpha = r / alpha - w3 * (r + x) / (alpha + T) - w4 * (r + x) / (alpha + t_x)
+    d_a = psi_ab - psi_abx + w4 / a
+    d_b = digamma(b + x) - psi_abx - digamma(b) + psi_ab - w4 / bx1
+    gradient = np.stack([r * d_r, alpha * d_alpha, a * d_a, b * d_b])
+    return np.asarray(ll, dtype=np.float64), np.asarray(gradient, dtype=np.float64)
+
+
 def fit_bgnbd(x: Array, t_x: Array, T: Array) -> BgNbd:
     (ux, ut, uT), weights = _fold(x, t_x, T)
     total = weights.sum()
 
-    def objective(theta: Array) -> float:
+    def objective(theta: Array) -> tuple[float, Array]:
         r, alpha, a, b = np.exp(theta)
-        return float(-(weights * bgnbd_log_likelihood((r, alpha, a, b), ux, ut, uT)).sum() / total)
+        ll, gradient = bgnbd_log_likelihood_gradient((r, alpha, a, b), ux, ut, uT)
+        return float(-(weights * ll).sum() / total), -(gradient @ weights) / total
 
     start = np.log([1.0, max(float(np.mean(T)), 1e-3), 1.0, 1.0])
-    result = minimize(objective, start, method="L-BFGS-B", bounds=[(-12.0, 12.0)] * 4)
+    result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=[(-12.0, 12.0)] * 4)
     r, alpha, a, b = (float(v) for v in np.exp(result.x))
     return BgNbd(r, alpha, a, b, float(-result.fun * total))
 
@@ -126,18 +158,39 @@ def p_alive(model: BgNbd, x: Array, t_x: Array, T: Array) -> Array:
     return np.asarray(1.0 / (1.0 + _death_odds(model, x, t_x, T)), dtype=np.float64)
 
 
-def expected_purchases(model: BgNbd, t: float, x: Array, t_x: Array, T: Array) -> Array:
-    """E[Y(t) | x, t_x, T], equation (10) of Fader, Hardie & Lee (2005)."""
+def _pairs(x: Array, T: Array) -> tuple[Array, Array, npt.NDArray[np.intp]]:
+    """Distinct (x, T) pairs and, per customer, the index of theirs.
+
+    Whole-day histories of a million customers have only thousands of distinct pairs, so the
+    hypergeometric function (the costly part of expected purchases) runs per pair, not per customer.
+    """
+    if len(x) and x.min() >= 0 and T.min() >= 0 and x.max() < 2**20 and T.max() < 2**40:
+        whole = np.array_equal(x, np.floor(x)) and np.array_equal(T, np.floor(T))
+        if whole:
+            keys, inverse = np.unique(x.astype(np.int64) * 2**40 + T.astype(np.int64), return_inverse=True)
+            return (keys // 2**40).astype(np.float64), (keys % 2**40).astype(np.float64), inverse.reshape(-1)
+    pairs, inverse = np.unique(np.column_stack([x, T]), axis=0, return_inverse=True)
+    return pairs[:, 0].copy(), pairs[:, 1].copy(), inverse.reshape(-1)
+
+
+def _unconditional_purchases(model: BgNbd, t: float, x: Array, T: Array) -> Array:
+    """E[Y(t)] before weighting by P(alive): the part of equation (10) that depends on (x, T) only."""
     r, alpha, a, b = model.r, model.alpha, model.a, model.b
-    if t <= 0:
-        return np.zeros_like(x)
     if abs(a - 1) < 1e-9:
         a = 1.0 + 1e-9  # the closed form divides by a - 1 (it holds on both sides of 1)
     z = t / (alpha + T + t)
     head = (a + b + x - 1) / (a - 1)
     tail = 1 - np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t))) * hyp2f1(r + x, b + x, a + b + x - 1, z)
-    values = head * tail / (1 + _death_odds(model, x, t_x, T))
-    return np.asarray(np.nan_to_num(np.maximum(values, 0.0)), dtype=np.float64)
+    return np.asarray(np.nan_to_num(np.maximum(head * tail, 0.0)), dtype=np.float64)
+
+
+def expected_purchases(model: BgNbd, t: float, x: Array, t_x: Array, T: Array) -> Array:
+    """E[Y(t) | x, t_x, T], equation (10) of Fader, Hardie & Lee (2005)."""
+    if t <= 0:
+        return np.zeros_like(x)
+    ux, uT, inverse = _pairs(x, T)
+    values = _unconditional_purchases(model, t, ux, uT)[inverse] / (1 + _death_odds(model, x, t_x, T))
+    return np.asarray(values, dtype=np.float64)
 
 
 def expected_spend(model: GammaGamma | None, x: Array, m_x: Array, fallback: float) -> Array:
@@ -163,10 +216,12 @@ def discounted_value(
     """Sum over `periods` equal steps of expected purchases in the step times spend, discounted per step."""
     step = horizon_days / periods
     rate = (1 + annual_discount_rate) ** (horizon_days / 365 / periods) - 1
+    ux, uT, inverse = _pairs(x, T)
+    alive = 1 + _death_odds(model, x, t_x, T)
     value = np.zeros_like(x)
     previous = np.zeros_like(x)
     for i in range(1, periods + 1):
-        current = expected_purchases(model, step * i, x, t_x, T)
+        current = _unconditional_purchases(model, step * i, ux, uT)[inverse] / alive
         value += (current - previous) * spend / (1 + rate) ** i
         previous = current
     return value

@@ -16,6 +16,8 @@ class SegmentsSettings(ServiceSettings):
     recompute_interval_seconds: float = 6 * 3600.0
     # After a start, a recompute runs this soon if the last one is older than the interval.
     recompute_first_delay_seconds: float = 30.0
+    # work_mem of the recompute's transaction (SET LOCAL): its whole-base hash joins and sorts.
+    recompute_work_mem: str = "256MB"
     # Predictive models.
     clv_horizon_days: int = 365
     expected_purchases_days: int = 90
@@ -29,7 +31,7 @@ class SegmentsSettings(ServiceSettings):
     cluster_k_min: int = 3
     cluster_k_max: int = 8
     cluster_fit_sample: int = 100_000
-    cluster_silhouette_sample: int = 5_000
+    cluster_silhouette_sample: int = 2_500
     cluster_seed: int = 7
     cluster_threads: int = 1
     # Rule segments.

@@ -1,7 +1,8 @@
 """Membership changes, set-based: diff the wanted members against the stored ones in one statement.
 
-Entries are `INSERT ... ON CONFLICT DO NOTHING RETURNING` and exits `DELETE ... RETURNING`, and the
-history rows and outbox events are written from exactly those returned rows, in the same statement.
+Entries are `INSERT ... RETURNING` of the wanted rows not yet stored (`ON CONFLICT DO NOTHING` too
+for one customer, see `_diff_sql`) and exits `DELETE ... RETURNING`, and the history rows and outbox
+events are written from exactly those returned rows, in the same statement.
 So an event exists only for a row that really changed: a redelivered input, a repeated recompute
 or a real-time update racing a recompute can never publish a second entered (or exited) for the
 same stay, and nothing is published when nothing changed.
@@ -18,9 +19,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from segments.envelopes import PART_COUNT, json_time, membership_template, payload_sql
 from shared.topics import SEGMENT_MEMBERSHIP
 
-SOURCE = "cx.segments"
 # Whole-base work holds this exclusively and one-customer updates share it: they never interleave,
 # so they cannot deadlock on each other's rows (a real-time update waits for a running recompute).
 BASE_LOCK = zlib.crc32(b"segments:whole-base")
@@ -45,18 +46,30 @@ async def lock_for_one_customer(session: AsyncSession) -> None:
     await session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": BASE_LOCK})
 
 
+_TEMPLATE_COLUMNS = ("segment_id", "type", *(f"part{i}" for i in range(PART_COUNT)))
+
+
 def _diff_sql(targets_sql: str, customer_filter: bool) -> str:
     """`targets_sql` yields (segment_id, customer_id, reason) for the segments in :segment_ids."""
     only_customer = "AND m.customer_id = :customer_id" if customer_filter else ""
-    # The envelope is built here rather than in Python: a recompute may publish millions of events.
-    envelope = """json_build_object(
-            'specversion', '1.0', 'id', c.event_id, 'source', CAST(:source AS text), 'type', c.type,
-            'time', CAST(:at_text AS text),
-            'subject', c.customer_id, 'datacontenttype', 'application/json',
-            'data', json_build_object(
-                'customer_id', c.customer_id, 'segment_id', c.segment_id, 'segment_key', s.key,
-                'segment_name', s.name, 'kind', s.kind, 'reason', c.reason,
-                'occurred_at', CAST(:at_text AS text)))::text"""
+    # A whole-base diff runs under the exclusive base lock, so the anti-join above is exact: no other
+    # writer can add a member meanwhile, and its targets are unique per (segment, customer) by
+    # construction. It skips the speculative insertion ON CONFLICT costs per row (a duplicate would
+    # fail the whole statement, never publish twice). A one-customer update only holds the shared lock.
+    on_conflict = "ON CONFLICT DO NOTHING" if customer_filter else ""
+    # Payloads are the envelope templates of envelopes.py filled in per row (a recompute may publish millions).
+    payload = payload_sql(
+        "tpl",
+        {
+            "id": "'\"' || c.event_id || '\"'",
+            "time": "CAST(:at_json AS text)",
+            "subject": "to_json(c.customer_id)::text",
+            "customer_id": "to_json(c.customer_id)::text",
+            "reason": "to_json(c.reason)::text",
+            "occurred_at": "CAST(:at_json AS text)",
+        },
+    )
+    templates = ", ".join(f"CAST(:tpl_{c} AS text[])" for c in _TEMPLATE_COLUMNS)
     return f"""
     WITH target AS MATERIALIZED ({targets_sql}),
     exited AS (
@@ -72,14 +85,14 @@ def _diff_sql(targets_sql: str, customer_filter: bool) -> str:
             SELECT 1 FROM segment_members m
             WHERE m.segment_id = ANY(CAST(:segment_ids AS text[])) {only_customer}
               AND m.segment_id = t.segment_id AND m.customer_id = t.customer_id)
-        ON CONFLICT DO NOTHING
+        {on_conflict}
         RETURNING segment_id, customer_id, reason
     ),
     changes AS (
-        SELECT gen_random_uuid()::text AS event_id, 'segment.entered' AS type, 'entered' AS change,
+        SELECT gen_random_uuid()::text AS event_id, '{ENTERED}' AS type, 'entered' AS change,
                segment_id, customer_id, reason FROM entered
         UNION ALL
-        SELECT gen_random_uuid()::text, 'segment.exited', 'exited', segment_id, customer_id,
+        SELECT gen_random_uuid()::text, '{EXITED}', 'exited', segment_id, customer_id,
                'no longer: ' || reason FROM exited
     ),
     logged AS (
@@ -88,13 +101,32 @@ def _diff_sql(targets_sql: str, customer_filter: bool) -> str:
     ),
     published AS (
         INSERT INTO outbox (event_id, topic, key, payload)
-        SELECT c.event_id, CAST(:topic AS text), c.customer_id, {envelope}
-        FROM changes c JOIN segments s ON s.id = c.segment_id
+        SELECT c.event_id, CAST(:topic AS text), c.customer_id, {payload}
+        FROM changes c
+        JOIN unnest({templates}) AS tpl({", ".join(_TEMPLATE_COLUMNS)})
+          ON tpl.segment_id = c.segment_id AND tpl.type = c.type
     )
     SELECT count(*) FILTER (WHERE change = 'entered') AS entered,
            count(*) FILTER (WHERE change = 'exited') AS exited
     FROM changes
     """
+
+
+async def _template_params(session: AsyncSession, segment_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Each segment's entered and exited envelope templates, as one array per template column."""
+    rows = await session.execute(
+        text("SELECT id, key, name, kind FROM segments WHERE id = ANY(CAST(:ids AS text[]))"),
+        {"ids": list(segment_ids)},
+    )
+    columns: dict[str, list[str]] = {f"tpl_{c}": [] for c in _TEMPLATE_COLUMNS}
+    for row in rows:
+        for event_type in (ENTERED, EXITED):
+            template = membership_template(event_type, row.id, row.key, row.name, row.kind)
+            columns["tpl_segment_id"].append(row.id)
+            columns["tpl_type"].append(event_type)
+            for i, part in enumerate(template.parts):
+                columns[f"tpl_part{i}"].append(part)
+    return columns
 
 
 async def apply_memberships(
@@ -113,9 +145,9 @@ async def apply_memberships(
         **params,
         "segment_ids": list(segment_ids),
         "at": at,
-        "at_text": at.isoformat(),
-        "source": SOURCE,
+        "at_json": json_time(at),
         "topic": SEGMENT_MEMBERSHIP,
+        **await _template_params(session, segment_ids),
     }
     if customer_id is not None:
         values["customer_id"] = customer_id

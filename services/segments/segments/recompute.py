@@ -56,6 +56,8 @@ async def recompute_all(
     await lock_whole_base(session)
     # Whole-base joins must hash: a nested loop re-scanning a table being filled is quadratic.
     await session.execute(text("SET LOCAL enable_nestloop = off"))
+    # Hash joins and sorts over a million customers stay in memory instead of spilling in batches.
+    await session.execute(text(f"SET LOCAL work_mem = '{settings.recompute_work_mem}'"))
     customers = await build_facts_table(session, as_of=as_of)
     watch.lap("facts")
     await compute_rfm(session, as_of=as_of)
@@ -478,35 +480,50 @@ def rule_targets(segment: Segment, *, max_nodes: int, source: str = "attributes"
 async def sync_all_memberships(
     session: AsyncSession, *, settings: SegmentsSettings, as_of: datetime, at: datetime, watch: _Stopwatch
 ) -> Changes:
-    total = Changes()
-    rfm_ids = [s.id for s in await segments_of_kind(session, "rfm")]
-    total += await apply_memberships(session, segment_ids=rfm_ids, targets_sql=RFM_TARGETS, params={}, at=at)
-    watch.lap("members_rfm")
-    predictive_ids = [s.id for s in await segments_of_kind(session, "predictive")]
-    total += await apply_memberships(
-        session,
-        segment_ids=predictive_ids,
-        targets_sql=PREDICTIVE_TARGETS,
-        params={"churn_below": Decimal(str(settings.churn_risk_p_alive_below))},
-        at=at,
+    """Everyone's wanted memberships of every kind into one staging table, then one diff writes the changes.
+
+    One pass over segment_members and one insert each into members, history and outbox, instead of
+    one per segment kind and rule: statement overhead and table scans stop growing with the number
+    of segments. The memberships and their events commit in the recompute's one transaction.
+    """
+    await session.execute(text("DROP TABLE IF EXISTS wanted_members"))
+    await session.execute(
+        text("CREATE TEMPORARY TABLE wanted_members (segment_id text, customer_id text, reason text) ON COMMIT DROP")
     )
-    watch.lap("members_predictive")
-    cluster_ids = [s.id for s in await segments_of_kind(session, "cluster", ("active", "retired"))]
-    total += await apply_memberships(
-        session, segment_ids=cluster_ids, targets_sql="SELECT * FROM cluster_targets", params={}, at=at
+    segment_ids = [s.id for s in await segments_of_kind(session, "rfm")]
+    await session.execute(text(f"INSERT INTO wanted_members {RFM_TARGETS}"))
+    predictive_ids = [s.id for s in await segments_of_kind(session, "predictive")]
+    if predictive_ids:
+        await session.execute(
+            text(
+                "INSERT INTO wanted_members SELECT * FROM"
+                f" ({PREDICTIVE_TARGETS}) p WHERE p.segment_id = ANY(CAST(:predictive_ids AS text[]))"
+            ),
+            {"churn_below": Decimal(str(settings.churn_risk_p_alive_below)), "predictive_ids": predictive_ids},
+        )
+    segment_ids += predictive_ids
+    segment_ids += [s.id for s in await segments_of_kind(session, "cluster", ("active", "retired"))]
+    await session.execute(text("INSERT INTO wanted_members SELECT * FROM cluster_targets"))
+    rule_segments = await segments_of_kind(session, "rule")
+    if rule_segments:
+        # Rules read one materialised copy of the attributes instead of re-joining four tables per rule.
+        await session.execute(text("DROP TABLE IF EXISTS attributes"))
+        await session.execute(
+            text("CREATE TEMPORARY TABLE attributes ON COMMIT DROP AS SELECT * FROM customer_attributes")
+        )
+        await session.execute(text("ANALYZE attributes"))
+    for segment in rule_segments:
+        sql, params = rule_targets(segment, max_nodes=settings.max_rule_nodes)
+        await session.execute(text(f"INSERT INTO wanted_members {sql}"), {**params, "as_of": as_of})
+        segment_ids.append(segment.id)
+    await session.execute(text("ANALYZE wanted_members"))
+    watch.lap("members_wanted")
+    changes = await apply_memberships(
+        session, segment_ids=segment_ids, targets_sql="SELECT * FROM wanted_members", params={}, at=at
     )
     await session.execute(text("UPDATE segments SET status = 'deleted' WHERE kind = 'cluster' AND status = 'retired'"))
-    watch.lap("members_clusters")
-    # Rules read one materialised copy of the attributes instead of re-joining four tables per rule.
-    await session.execute(text("DROP TABLE IF EXISTS attributes"))
-    await session.execute(text("CREATE TEMPORARY TABLE attributes ON COMMIT DROP AS SELECT * FROM customer_attributes"))
-    for segment in await segments_of_kind(session, "rule"):
-        sql, params = rule_targets(segment, max_nodes=settings.max_rule_nodes)
-        total += await apply_memberships(
-            session, segment_ids=[segment.id], targets_sql=sql, params={**params, "as_of": as_of}, at=at
-        )
-    watch.lap("members_rules")
-    return total
+    watch.lap("members_write")
+    return changes
 
 
 async def record_sizes(session: AsyncSession, *, at: datetime) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, default_database_url
@@ -21,6 +22,9 @@ class ProfilesSettings(ServiceSettings):
     repeat_min_orders: int = 2  # at least this many orders: repeat
     new_customer_days: int = 30  # one order, first purchase within this many days: new (else active)
     lifecycle_interval_seconds: float = 60.0  # how often stages are re-evaluated as time passes
+
+    # Consumed batches: the handlers are set-based, so a bigger batch costs little more than a small one.
+    consumer_batch_size: int = Field(2000, validation_alias=AliasChoices("CX_CONSUMER_BATCH_SIZE"))
 
     # profile.updated: dirty profiles are published in batches, coalescing bursts of events.
     publish_interval_seconds: float = 0.5

@@ -7,7 +7,6 @@ batch path this is the per-event cost that matters.
 from __future__ import annotations
 
 import random
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -15,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ingest.schemas import IdentifyIn, InteractionIn, PurchaseIn, RefundIn
+from ingest.schemas import QUANTUM, IdentifyIn, InteractionIn, PurchaseIn, RefundIn
 from shared.money import minor_unit
 from shared.topics import IDENTITIES, INTERACTIONS, PURCHASES
 
@@ -34,7 +33,7 @@ TOPIC_BY_TYPE = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1 µs more per event
 class PreparedEvent:
     """An accepted event ready to store: its row values and its encoded envelope."""
 
@@ -50,21 +49,30 @@ class PreparedEvent:
 
 
 def money(amount: Decimal, currency: str) -> str:
-    return f"{amount:.{minor_unit(currency)}f}"
+    # quantize + str is 3x cheaper than f"{amount:.2f}" and gives the same text (amounts < 10^12).
+    return str(amount.quantize(QUANTUM[minor_unit(currency)]))
 
 
 _random = random.Random()  # envelope ids need uniqueness, not secrecy: far cheaper than uuid4()
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def envelope_id() -> str:
+    """A random UUID 4 as text, without building a uuid.UUID (3x cheaper)."""
+    h = "%032x" % (_random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _prepare(
     *, kind: str, type: str, key: str, event_id: str, occurred_at: datetime, data: dict[str, Any], order_id: str | None
 ) -> PreparedEvent:
-    envelope_id = str(uuid.UUID(int=_random.getrandbits(128), version=4))
+    event_envelope_id = envelope_id()
     payload = orjson.dumps(data)
     header = orjson.dumps(
         {
             "specversion": "1.0",
-            "id": envelope_id,
+            "id": event_envelope_id,
             "source": SOURCE,
             "type": type,
             "time": occurred_at,
@@ -81,7 +89,7 @@ def _prepare(
         customer_key=key,
         order_id=order_id,
         occurred_at=occurred_at,
-        envelope_id=envelope_id,
+        envelope_id=event_envelope_id,
         payload=payload,
         message=message,
     )

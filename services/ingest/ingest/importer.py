@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
+import asyncpg
 import httpx
 import typer
 from tqdm import tqdm
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from ingest.api import limits
 from ingest.config import IngestSettings
 from ingest.imports import Format, MappingError, import_orders, parse_mapping
-from shared.db import make_engine, make_sessionmaker
+from shared.outbox import asyncpg_dsn
 
 CHUNK_BYTES = 1 << 20
 cli = typer.Typer(add_completion=False)
@@ -57,7 +58,7 @@ def import_into_database(path: Path, *, source: str, file_format: Format, maps: 
     size = path.stat().st_size
 
     async def main() -> dict[str, Any]:
-        engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        connection = await asyncpg.connect(asyncpg_dsn(settings.database_url))
         try:
             with (
                 path.open("rb") as file,
@@ -68,9 +69,9 @@ def import_into_database(path: Path, *, source: str, file_format: Format, maps: 
                     for chunk in _chunks(file, progress):
                         yield chunk
 
-                async with make_sessionmaker(engine)() as session, session.begin():
+                async with connection.transaction():
                     report = await import_orders(
-                        session,
+                        connection,
                         source=source,
                         chunks=chunks(),
                         file_format=file_format,
@@ -82,7 +83,7 @@ def import_into_database(path: Path, *, source: str, file_format: Format, maps: 
                     )
             return report.model_dump(mode="json")
         finally:
-            await engine.dispose()
+            await connection.close()
 
     return asyncio.run(main())
 

@@ -7,22 +7,22 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+import asyncpg
+import orjson
 
 from ingest.events import RefundedItem
 from ingest.schemas import PurchaseIn, RefundIn
 from shared.errors import FieldError
 
 # Refunds of one order are serialised so two at once cannot together exceed it.
-_LOCK_ORDERS = text(
+_LOCK_ORDERS = (
     "SELECT pg_advisory_xact_lock(h) FROM "
-    "(SELECT DISTINCT hashtextextended('ingest-order:' || o, 0) AS h "
-    "FROM unnest(CAST(:orders AS text[])) o ORDER BY h) s"
+    "(SELECT DISTINCT hashtextextended('ingest-order:' || o, 0) AS h FROM unnest($1::text[]) o ORDER BY h) s"
 )
-_ORDER_HISTORY = text(
-    "SELECT kind, payload FROM ingested_events "
-    "WHERE order_id = ANY(CAST(:orders AS text[])) AND kind IN ('purchase', 'refund') ORDER BY id"
+# payload as text: parsed here whatever json codec the connection has.
+_ORDER_HISTORY = (
+    "SELECT kind, payload::text FROM ingested_events "
+    "WHERE order_id = ANY($1::text[]) AND kind IN ('purchase', 'refund') ORDER BY id"
 )
 
 
@@ -67,13 +67,15 @@ class OrderBook:
     orders: dict[str, OrderState] = field(default_factory=dict)
 
     @classmethod
-    async def load(cls, session: AsyncSession, order_ids: Collection[str]) -> OrderBook:
+    async def load(cls, connection: asyncpg.Connection, order_ids: Collection[str]) -> OrderBook:
+        """Call in a transaction: the orders stay locked until it ends."""
         book = cls()
         if not order_ids:
             return book
         orders = sorted(set(order_ids))
-        await session.execute(_LOCK_ORDERS, {"orders": orders})
-        for kind, data in (await session.execute(_ORDER_HISTORY, {"orders": orders})).all():
+        await connection.execute(_LOCK_ORDERS, orders)
+        for kind, payload in await connection.fetch(_ORDER_HISTORY, orders):
+            data = orjson.loads(payload)
             order = book.orders.get(data["order_id"])
             if kind == "purchase" and order is None:
                 book.orders[data["order_id"]] = OrderState.from_purchase(data)

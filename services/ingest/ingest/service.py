@@ -3,23 +3,27 @@
 One code path for a single event and a batch: validate each event on its own, price refunds
 against their orders, then write every good event with one set-based statement that also
 fills the outbox. A bad event is reported, never sinks the others.
+
+The hot path runs on a plain asyncpg connection: a request without refunds is one statement
+(so one round trip and its own transaction); refunds lock and read their orders first, in one
+transaction with the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import orjson
-from sqlalchemy import select, text
+import asyncpg
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ingest import events
 from ingest.checks import check_event
 from ingest.events import PreparedEvent
-from ingest.models import ApiKeySource, IngestedEvent
 from ingest.orders import OrderBook
 from ingest.schemas import (
     IDENTIFIER,
@@ -35,31 +39,59 @@ from shared.errors import FieldError
 
 Status = Literal["accepted", "duplicate", "rejected"]
 
-# The batch travels as one JSON document (orjson builds it in C; asyncpg would encode arrays
-# element by element in Python). Data and envelopes are embedded verbatim, never re-encoded.
-_STORE_EVENTS = text(
+# Columns of the rows store_events() writes, one array each: asyncpg sends arrays in binary, so
+# PostgreSQL parses nothing but the payload (into jsonb). `incoming` may also be any relation
+# with these columns plus `position` (the import's orders).
+STORED_COLUMNS = (
+    "event_id", "kind", "customer_key", "order_id", "envelope_id", "occurred_at", "topic", "payload", "message",
+)  # fmt: skip
+_UNNEST_INCOMING = """
+    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+                         $8::text[], $9::text[], $10::text[])
+        WITH ORDINALITY AS t(event_id, kind, customer_key, order_id, envelope_id, occurred_at, topic, payload, message,
+                             position)
+"""
+
+
+# What store_statement() answers: each event's envelope id, or only how many it stored.
+ANSWER_EACH = """
+    SELECT event_id, envelope_id, true AS new FROM inserted
+    UNION ALL
+    SELECT event_id, envelope_id, false FROM ingested_events
+    WHERE source = $1 AND event_id = ANY(ARRAY(SELECT event_id FROM incoming EXCEPT SELECT event_id FROM inserted))
+"""
+COUNT_STORED = "SELECT count(*) FROM inserted"
+
+
+def store_statement(incoming: str, *, answer: str = ANSWER_EACH) -> str:
+    """Store the new rows of `incoming` and queue their envelopes, in one statement (so one transaction).
+
+    `incoming` has STORED_COLUMNS and `position` (the order rows are stored and queued in); $1 is
+    the source. ON CONFLICT makes a concurrent repeat a no-op. ANSWER_EACH answers every event_id
+    with the envelope id it has: `new` for those this statement stored, else the one an earlier
+    event stored (one stored by a transaction that committed while this statement ran is not
+    seen: the caller looks those up again).
     """
-    WITH incoming AS (
-        SELECT * FROM json_to_recordset(CAST(:events AS json)) AS t(
-            position int, event_id text, kind text, customer_key text, order_id text, envelope_id text,
-            occurred_at timestamptz, topic text, payload jsonb, message text)
-    ), inserted AS (
+    return f"""
+    WITH incoming AS ({incoming}), inserted AS (
         INSERT INTO ingested_events (source, event_id, kind, customer_key, order_id, envelope_id, occurred_at, payload)
-        SELECT CAST(:source AS text), event_id, kind, customer_key, order_id, envelope_id, occurred_at, payload
+        SELECT $1, event_id, kind, customer_key, order_id, envelope_id, occurred_at, CAST(payload AS jsonb)
         FROM incoming ORDER BY position
         ON CONFLICT ON CONSTRAINT ingested_events_source_event_id DO NOTHING
-        RETURNING envelope_id
+        RETURNING event_id, envelope_id
     ), queued AS (
         INSERT INTO outbox (event_id, topic, key, payload)
         SELECT i.envelope_id, i.topic, i.customer_key, i.message
         FROM incoming i JOIN inserted USING (envelope_id) ORDER BY i.position
     )
-    SELECT envelope_id FROM inserted
-    """
-)
+    {answer}"""
 
 
-@dataclass
+_STORE_EVENTS = store_statement(_UNNEST_INCOMING)
+_KNOWN_EVENTS = "SELECT event_id, envelope_id FROM ingested_events WHERE source = $1 AND event_id = ANY($2::text[])"
+
+
+@dataclass(slots=True)
 class EventResult:
     index: int
     event_id: str | None
@@ -68,14 +100,14 @@ class EventResult:
     errors: list[FieldError] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Checked:
     result: EventResult
     model: EventModel
 
 
 async def ingest_events(
-    session: AsyncSession,
+    connection: asyncpg.Connection,
     *,
     source: str,
     events_in: Sequence[tuple[str | None, object]],
@@ -86,27 +118,44 @@ async def ingest_events(
     results: list[EventResult] = []
     checked: list[_Checked] = []
     for index, (kind, raw) in enumerate(events_in):
-        result = EventResult(index, _event_id_of(raw))
-        results.append(result)
         if not isinstance(kind, str) or kind not in MODEL_BY_KIND:
             message = "must be one of purchase, refund, interaction, identify"
-            result.errors = [FieldError(field="kind", message=message, type="literal_error")]
+            errors = [FieldError(field="kind", message=message, type="literal_error")]
+            results.append(EventResult(index, _event_id_of(raw), errors=errors))
             continue
-        model, result.errors = check_event(kind, raw, limits)
+        model, errors = check_event(kind, raw, limits)
+        result = EventResult(index, model.event_id if model is not None else _event_id_of(raw), errors=errors)
+        results.append(result)
         if model is not None:
             checked.append(_Checked(result, model))
+    # Refunds lock and read their orders first: in one transaction with the store. Otherwise the
+    # store is a single statement, its own transaction.
+    refunds = any(isinstance(c.model, RefundIn) for c in checked)
+    async with connection.transaction() if refunds else contextlib.nullcontext():
+        await _accept(connection, source=source, results=results, checked=checked, max_bytes=max_message_bytes)
+    return results
+
+
+async def _accept(
+    connection: asyncpg.Connection,
+    *,
+    source: str,
+    results: list[EventResult],
+    checked: list[_Checked],
+    max_bytes: int,
+) -> None:
     # A repeat answers "duplicate" whatever its body: a refund is not priced against its own first
     # copy, and a rejected body whose event_id was accepted before is not an error.
     refund_ids = [c.model.event_id for c in checked if isinstance(c.model, RefundIn)]
     rejected = [r for r in results if r.errors and r.event_id]
-    known = await _known_event_ids(session, source=source, event_ids=refund_ids + [r.event_id or "" for r in rejected])
+    asked = refund_ids + [r.event_id or "" for r in rejected]
+    known = await known_event_ids(connection, source=source, event_ids=asked)
     for result in rejected:
         if result.event_id in known:
             result.status, result.id, result.errors = "duplicate", known[result.event_id], []
-    prepared = await _prepare_all(session, checked=checked, known=known)
-    storable = [(c, p) for c, p in prepared if _fits(c.result, p, max_message_bytes)]
-    await _store(session, source=source, prepared=storable)
-    return results
+    prepared = await _prepare_all(connection, checked=checked, known=known)
+    storable = [(c, p) for c, p in prepared if _fits(c.result, p, max_bytes)]
+    await _store(connection, source=source, prepared=storable)
 
 
 def _event_id_of(raw: object) -> str | None:
@@ -123,10 +172,10 @@ def _fits(result: EventResult, event: PreparedEvent, max_message_bytes: int) -> 
 
 
 async def _prepare_all(
-    session: AsyncSession, *, checked: list[_Checked], known: dict[str, str]
+    connection: asyncpg.Connection, *, checked: list[_Checked], known: dict[str, str]
 ) -> list[tuple[_Checked, PreparedEvent]]:
     refunds = [c.model for c in checked if isinstance(c.model, RefundIn) and c.model.event_id not in known]
-    book = await OrderBook.load(session, [r.order_id for r in refunds])
+    book = await OrderBook.load(connection, [r.order_id for r in refunds])
     prepared: list[tuple[_Checked, PreparedEvent]] = []
     for item in checked:
         model = item.model
@@ -152,54 +201,50 @@ async def _prepare_all(
     return prepared
 
 
-async def _known_event_ids(session: AsyncSession, *, source: str, event_ids: list[str]) -> dict[str, str]:
+async def known_event_ids(connection: asyncpg.Connection, *, source: str, event_ids: list[str]) -> dict[str, str]:
     """event_id -> the original event's envelope id, for those this source already sent."""
     if not event_ids:
         return {}
-    rows = await session.execute(
-        select(IngestedEvent.event_id, IngestedEvent.envelope_id)
-        .where(IngestedEvent.source == source)
-        .where(IngestedEvent.event_id.in_(event_ids))
-    )
-    return {event_id: envelope_id for event_id, envelope_id in rows.all()}
+    return {row[0]: row[1] for row in await connection.fetch(_KNOWN_EVENTS, source, event_ids)}
 
 
-async def _store(session: AsyncSession, *, source: str, prepared: list[tuple[_Checked, PreparedEvent]]) -> None:
+def stored_rows(prepared: Sequence[PreparedEvent]) -> list[list[object]]:
+    """The arrays of the rows to store, in STORED_COLUMNS order."""
+    return [
+        [p.event_id for p in prepared],
+        [p.kind for p in prepared],
+        [p.customer_key for p in prepared],
+        [p.order_id for p in prepared],
+        [p.envelope_id for p in prepared],
+        [p.occurred_at for p in prepared],
+        [p.topic for p in prepared],
+        [p.payload.decode() for p in prepared],
+        [p.message.decode() for p in prepared],
+    ]
+
+
+async def _store(
+    connection: asyncpg.Connection, *, source: str, prepared: list[tuple[_Checked, PreparedEvent]]
+) -> None:
     """One statement stores the new events and queues them; ON CONFLICT makes concurrent repeats a no-op."""
     if not prepared:
         return
-    document = orjson.dumps(
-        [
-            {
-                "position": position,
-                "event_id": p.event_id,
-                "kind": p.kind,
-                "customer_key": p.customer_key,
-                "order_id": p.order_id,
-                "envelope_id": p.envelope_id,
-                "occurred_at": p.occurred_at,
-                "topic": p.topic,
-                "payload": orjson.Fragment(p.payload),
-                "message": orjson.Fragment(p.message),
-            }
-            for position, (_, p) in enumerate(prepared)
-        ]
-    )
-    inserted = await session.execute(_STORE_EVENTS, {"source": source, "events": document.decode()})
-    accepted = set(inserted.scalars().all())
-    repeated = [c.result.event_id or "" for c, p in prepared if p.envelope_id not in accepted]
-    originals = await _known_event_ids(session, source=source, event_ids=repeated)
+    rows = await connection.fetch(_STORE_EVENTS, source, *stored_rows([p for _, p in prepared]))
+    answers: dict[str, tuple[str | None, bool]] = {event_id: (envelope_id, new) for event_id, envelope_id, new in rows}
+    # Stored by a transaction that committed while this statement ran: visible to the next one.
+    unseen = [p.event_id for _, p in prepared if p.event_id not in answers]
+    for event_id, original in (await known_event_ids(connection, source=source, event_ids=unseen)).items():
+        answers[event_id] = (original, False)
     for checked, event in prepared:
-        if event.envelope_id in accepted:
-            checked.result.status, checked.result.id = "accepted", event.envelope_id
-        else:
-            checked.result.status, checked.result.id = "duplicate", originals.get(event.event_id)
+        stored_id, new = answers.get(event.event_id, (None, False))
+        accepted = new and stored_id == event.envelope_id  # a second copy in one batch is a duplicate
+        checked.result.status, checked.result.id = ("accepted" if accepted else "duplicate"), stored_id
 
 
-async def source_of_key(session: AsyncSession, *, key_id: str) -> str:
+async def source_of_key(connection: asyncpg.Connection, *, key_id: str) -> str:
     """The dedup namespace of a key: the source it was issued for, else its own id."""
-    source = await session.scalar(select(ApiKeySource.source).where(ApiKeySource.key_id == key_id))
-    return source or key_id
+    source = await connection.fetchval("SELECT source FROM api_key_sources WHERE key_id = $1", key_id)
+    return str(source) if source else key_id
 
 
 _LINKED_ANONYMOUS_IDS = text(

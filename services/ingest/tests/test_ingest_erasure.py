@@ -41,8 +41,10 @@ async def test_erasure_anonymises_the_customers_events_and_is_confirmed(platform
                       "traits": {"email": "bob@example.com"}}),
     ]  # fmt: skip
     async with rollback_session(platform.engine("ingest")) as session:
+        await session.execute(text("select 1"))  # the transaction begins before ingest uses its connection
+        connection = (await (await session.connection()).get_raw_connection()).driver_connection
         results = await ingest_events(
-            session, source="erasure-test", events_in=events, limits=limits(), max_message_bytes=1_048_576
+            connection, source="erasure-test", events_in=events, limits=limits(), max_message_bytes=1_048_576
         )
         assert {r.status for r in results} == {"accepted"}
         request = {"request_id": "req-1", "customer_id": customer, "requested_at": at}

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -112,12 +112,33 @@ def _diff_sql(targets_sql: str, customer_filter: bool) -> str:
     """
 
 
-async def _template_params(session: AsyncSession, segment_ids: Sequence[str]) -> dict[str, list[str]]:
+class SegmentLabels(Protocol):
+    """What a membership event names of its segment (a `models.Segment` is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+
+
+async def _template_params(
+    session: AsyncSession, segment_ids: Sequence[str], segments: Sequence[SegmentLabels] | None
+) -> dict[str, list[str]]:
     """Each segment's entered and exited envelope templates, as one array per template column."""
-    rows = await session.execute(
-        text("SELECT id, key, name, kind FROM segments WHERE id = ANY(CAST(:ids AS text[]))"),
-        {"ids": list(segment_ids)},
-    )
+    if segments is None:
+        rows: Sequence[SegmentLabels] = list(
+            await session.execute(
+                text("SELECT id, key, name, kind FROM segments WHERE id = ANY(CAST(:ids AS text[]))"),
+                {"ids": list(segment_ids)},
+            )
+        )
+    else:
+        wanted = set(segment_ids)
+        rows = [segment for segment in segments if segment.id in wanted]
     columns: dict[str, list[str]] = {f"tpl_{c}": [] for c in _TEMPLATE_COLUMNS}
     for row in rows:
         for event_type in (ENTERED, EXITED):
@@ -137,8 +158,12 @@ async def apply_memberships(
     params: Mapping[str, Any],
     at: datetime,
     customer_id: str | None = None,
+    segments: Sequence[SegmentLabels] | None = None,
 ) -> Changes:
-    """Make the members of `segment_ids` (all customers, or just `customer_id`) be `targets_sql`."""
+    """Make the members of `segment_ids` (all customers, or just `customer_id`) be `targets_sql`.
+
+    `segments`, when the caller has them loaded in this transaction, saves reading their names again.
+    """
     if not segment_ids:
         return Changes()
     values = {
@@ -147,7 +172,7 @@ async def apply_memberships(
         "at": at,
         "at_json": json_time(at),
         "topic": SEGMENT_MEMBERSHIP,
-        **await _template_params(session, segment_ids),
+        **await _template_params(session, segment_ids, segments),
     }
     if customer_id is not None:
         values["customer_id"] = customer_id
@@ -166,6 +191,7 @@ async def apply_customer_memberships(
     segment_ids: Sequence[str],
     wanted: Mapping[str, str],
     at: datetime,
+    segments: Sequence[SegmentLabels] | None = None,
 ) -> Changes:
     """One customer: `wanted` maps each segment (of `segment_ids`) they belong to now to the reason."""
     targets = (
@@ -179,4 +205,5 @@ async def apply_customer_memberships(
         params={"wanted_ids": list(wanted), "wanted_reasons": list(wanted.values())},
         at=at,
         customer_id=customer_id,
+        segments=segments,
     )

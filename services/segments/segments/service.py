@@ -170,7 +170,7 @@ async def refresh_customer(
     live = {s.id for s in active}
     wanted = {segment_id: reason for segment_id, reason in wanted.items() if segment_id in live}
     return await apply_customer_memberships(
-        session, customer_id=customer_id, segment_ids=[s.id for s in active], wanted=wanted, at=at
+        session, customer_id=customer_id, segment_ids=[s.id for s in active], wanted=wanted, at=at, segments=active
     )
 
 

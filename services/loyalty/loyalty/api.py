@@ -70,6 +70,9 @@ class VerifiedTokens:
     max_entries: int = 10_000
     _verified: dict[str, tuple[float, CustomerPrincipal]] = field(default_factory=dict)
 
+    def __len__(self) -> int:
+        return len(self._verified)
+
     def verify(self, token: str) -> CustomerPrincipal | None:
         cached = self._verified.get(token)
         if cached is not None:
@@ -189,16 +192,25 @@ async def _member_answer(connection: asyncpg.Connection, request: Request, custo
     )
 
 
+async def _member_response(request: Request, customer_id: str) -> Response:
+    """One connection from the asyncpg pool behind PgDep, taken here rather than through the dependency:
+    a generator dependency (exit stack, shielded exit) costs ~15% of this route's CPU."""
+    pool: asyncpg.Pool = request.app.state.runtime.pg_pool
+    async with pool.acquire() as connection:
+        answer = await _member_answer(connection, request, customer_id)
+    return Response(answer, media_type="application/json")
+
+
 # The hottest routes: auth, one pooled asyncpg connection, one statement, JSON bytes built once.
 # `response_model` documents the answer; returning a Response skips a second validation.
 @router.get("/members/{customer_id}", response_model=MemberRead, dependencies=READ)
-async def get_member(customer_id: CustomerId, connection: PgDep, request: Request) -> Response:
-    return Response(await _member_answer(connection, request, customer_id), media_type="application/json")
+async def get_member(customer_id: CustomerId, request: Request) -> Response:
+    return await _member_response(request, customer_id)
 
 
 @router.get("/me", response_model=MemberRead)
-async def get_me(customer: FastCustomerDep, connection: PgDep, request: Request) -> Response:
-    return Response(await _member_answer(connection, request, customer.customer_id), media_type="application/json")
+async def get_me(customer: FastCustomerDep, request: Request) -> Response:
+    return await _member_response(request, customer.customer_id)
 
 
 def _page_size(request: Request, limit: int | None) -> int:

@@ -104,6 +104,47 @@ async def test_every_event_shape_follows_the_contract(platform: TestPlatform) ->
         assert datetime.fromisoformat(envelope.data["occurred_at"]).tzinfo is not None
 
 
+async def test_events_built_in_sql_are_exactly_what_the_envelope_encodes(platform: TestPlatform) -> None:
+    """The SQL fills the envelope's own template: decoding and re-encoding gives the same bytes."""
+    awkward = 'c-"quoted"\\back\nline-é✓'
+    name = 'Deutsch "DE" \\ é✓'
+    async with rollback_session(platform.engine("segments")) as session:
+        await clean_slate(session)
+        segment_id = await add_rule_segment(session, "germans", {"field": "traits.country", "op": "eq", "value": "DE"})
+        await session.execute(text("UPDATE segments SET name = :name WHERE id = :id"), {"name": name, "id": segment_id})
+        for version, country in ((1, "DE"), (2, "FR")):
+            update = profile(awkward, version, traits={"country": country})
+            await service.record_profile(session, update=update, settings=SETTINGS)
+        rows = (await session.execute(text("SELECT event_id, key, payload FROM outbox ORDER BY id"))).all()
+        assert [row.key for row in rows] == [awkward, awkward]
+        for row, (event_type, reason) in zip(
+            rows,
+            [
+                ("segment.entered", "matches traits.country = DE"),
+                ("segment.exited", "no longer: matches traits.country = DE"),
+            ],
+            strict=True,
+        ):
+            envelope = Envelope.decode(row.payload.encode())
+            assert envelope.encode().decode() == row.payload
+            assert (envelope.id, envelope.type, envelope.subject, envelope.source) == (
+                row.event_id,
+                event_type,
+                awkward,
+                "cx.segments",
+            )
+            assert envelope.data == {
+                "customer_id": awkward,
+                "segment_id": segment_id,
+                "segment_key": "germans",
+                "segment_name": name,
+                "kind": "rule",
+                "reason": reason,
+                "occurred_at": envelope.data["occurred_at"],
+            }
+            assert datetime.fromisoformat(envelope.data["occurred_at"]) == envelope.time
+
+
 async def test_redelivered_and_reordered_profiles_publish_each_change_once(platform: TestPlatform) -> None:
     async with rollback_session(platform.engine("segments")) as session:
         await clean_slate(session)

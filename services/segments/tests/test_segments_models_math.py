@@ -105,3 +105,57 @@ def test_k_is_chosen_by_silhouette_when_not_given() -> None:
 def test_clusters_are_described_from_their_centres() -> None:
     assert clusters.describe([-1.0, 1.2, 0.9, 0.1, 0.0]) == "recent, frequent, high spend"
     assert clusters.describe([0.0] * 5) == "average customers"
+
+
+def test_bgnbd_gradient_is_the_derivative_of_the_log_likelihood() -> None:
+    rng = np.random.default_rng(3)
+    x, t_x, T = clv.simulate_bgnbd(
+        clv.BgNbd(0.8, 60.0, 0.6, 2.5), 2_000, rng.integers(1, 730, 2_000).astype(np.float64), rng
+    )
+    theta = np.log([0.7, 50.0, 0.5, 2.0])
+
+    def total(point: np.ndarray) -> float:
+        r, alpha, a, b = np.exp(point)
+        return float(clv.bgnbd_log_likelihood((r, alpha, a, b), x, t_x, T).sum())
+
+    r, alpha, a, b = np.exp(theta)
+    values, gradient = clv.bgnbd_log_likelihood_gradient((r, alpha, a, b), x, t_x, T)
+    assert values.sum() == pytest.approx(total(theta))
+    step = 1e-6
+    numeric = [(total(theta + step * unit) - total(theta - step * unit)) / (2 * step) for unit in np.eye(4)]
+    assert gradient.sum(axis=1) == pytest.approx(numeric, rel=1e-5, abs=1e-3)
+
+
+def test_predictions_for_the_whole_base_equal_predictions_one_customer_at_a_time() -> None:
+    """Expected purchases are computed per distinct (x, T) and shared: each customer still gets their own."""
+    rng = np.random.default_rng(8)
+    model, spend_model = clv.BgNbd(0.8, 60.0, 0.6, 2.5), clv.GammaGamma(2.0, 3.0, 20.0)
+    x, t_x, T = clv.simulate_bgnbd(model, 5_000, rng.integers(1, 730, 5_000).astype(np.float64), rng)
+    t_x = np.floor(t_x)
+    m_x = np.where(x > 0, rng.gamma(2.0, 30.0, len(x)), 0.0)
+
+    def predict(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, m_x: np.ndarray) -> clv.Predictions:
+        return clv.predict(
+            model,
+            spend_model,
+            x=x,
+            t_x=t_x,
+            T=T,
+            m_x=m_x,
+            purchases_days=90,
+            horizon_days=365,
+            annual_discount_rate=0.1,
+        )
+
+    everyone = predict(x, t_x, T, m_x)
+    for i in range(0, len(x), 97):
+        one = predict(x[i : i + 1], t_x[i : i + 1], T[i : i + 1], m_x[i : i + 1])
+        assert one.expected_purchases[0] == everyone.expected_purchases[i]
+        assert one.value[0] == everyone.value[i]
+        assert one.p_alive[0] == everyone.p_alive[i]
+    fractional = clv.expected_purchases(model, 39.5, x + 0.0, t_x + 0.25, T + 0.5)
+    by_one = [
+        clv.expected_purchases(model, 39.5, x[i : i + 1], t_x[i : i + 1] + 0.25, T[i : i + 1] + 0.5)[0]
+        for i in range(0, len(x), 211)
+    ]
+    assert list(fractional[::211]) == by_one

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,7 +37,7 @@ from profiles.models import (
 )
 from profiles.service import customer_key, forget_in_session
 from shared.outbox import OutgoingMessage, add_to_outbox
-from shared.topics import ERASURE_CONFIRMATIONS, PRIVACY_ERASURES
+from shared.topics import ERASURE_CONFIRMATIONS, PRIVACY_ERASURES, PROFILES
 
 SERVICES = tuple(sorted(ERASURE_CONFIRMATIONS))
 # Facts kept for anonymous aggregates (revenue, co-occurrence), moved to an unlinkable pseudonym.
@@ -98,6 +98,7 @@ async def erase_customer(session: AsyncSession, *, request: ErasureRequested, no
         insert(ErasedCustomer).values(customer_key=customer_key(customer_id), erased_at=now).on_conflict_do_nothing()
     )
     forget_in_session(session, customer_id)
+    await _forget_outbox_copies(session, customer_id)
     confirmation = ErasureConfirmed(
         request_id=request.request_id, customer_id=customer_id, service="profiles", confirmed_at=now
     )
@@ -131,9 +132,32 @@ async def record_confirmation(session: AsyncSession, *, confirmation: ErasureCon
         request_id=request.request_id, customer_id=request.customer_id, erased_at=now, services=list(SERVICES)
     )
     await add_to_outbox(session, [OutgoingMessage(PRIVACY_ERASURES, request.customer_id, customer_erased(erased))])
+    await _forget_outbox_copies(session, request.customer_id)
     request.status, request.completed_at, request.customer_id = "completed", now, None
     await session.flush()
     return True
+
+
+async def _forget_outbox_copies(session: AsyncSession, customer_id: str) -> None:
+    """Delete the retained (published) outbox rows keyed by the customer, and any profile.updated not yet
+    sent: they name the customer. Rows still pending on other topics (the confirmation) go out first."""
+    await session.execute(
+        text("delete from outbox where key = :key and (state = 'published' or topic = :profiles)"),
+        {"key": customer_id, "profiles": PROFILES},
+    )
+
+
+async def forget_announced_erasures(session: AsyncSession) -> int:
+    """Once customer.erased is published, its outbox row (the last that names the customer) is deleted,
+    with any other published row of that key. Returns how many rows were deleted."""
+    result = await session.execute(
+        text(
+            "delete from outbox where state = 'published' and key in (select key from outbox"
+            " where topic = :topic and state = 'published' and payload like :erased)"
+        ),
+        {"topic": PRIVACY_ERASURES, "erased": '%"type":"customer.erased"%'},
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def _confirmed_services(session: AsyncSession, request_id: str) -> dict[str, datetime]:

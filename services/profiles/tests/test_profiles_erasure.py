@@ -11,6 +11,7 @@ import orjson
 import pytest
 from profiles import erasure
 from profiles.config import ProfilesSettings
+from profiles.portrait import publish_all_changes
 from profiles.testing import Events
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -128,3 +129,36 @@ async def test_customer_erased_follows_the_fifth_confirmation_once(session: Asyn
 async def test_a_confirmation_from_an_unknown_service_is_refused(session: AsyncSession) -> None:
     with pytest.raises(ValueError):
         await Events.apply(session, confirmation("req-1", "cus-1", "marketing"))
+
+
+async def test_once_customer_erased_is_published_profiles_outbox_no_longer_names_the_customer(
+    session: AsyncSession,
+) -> None:
+    events = Events(f"cus-{uuid.uuid4().hex[:12]}")
+    await events.apply(session, events.purchase("y-1", days_ago=1, items=[("TEA", "tea", 1, "5.00")]))
+    await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+    request = await erasure.request_erasure(session, customer_id=events.customer_id, now=datetime.now(UTC))
+    (requested,) = [m for m in await outbox(session, PRIVACY_ERASURES) if m["data"]["request_id"] == request.request_id]
+
+    async def relay_sends_everything() -> int:
+        sent = await session.execute(
+            text("update outbox set state = 'published' where key = :k and state = 'pending'"),
+            {"k": events.customer_id},
+        )
+        return int(sent.rowcount)  # type: ignore[attr-defined]
+
+    async def naming() -> int:
+        found = await session.scalar(text("select count(*) from outbox where key = :k"), {"k": events.customer_id})
+        return int(found or 0)
+
+    assert await relay_sends_everything() == 2  # profile.updated, customer.erasure_requested
+    await events.apply(session, Envelope.model_validate(requested))
+    assert await naming() == 1  # only profiles' own confirmation, still to send
+    await relay_sends_everything()
+    for service in sorted(ERASURE_CONFIRMATIONS):
+        await Events.apply(session, confirmation(request.request_id, events.customer_id, service))
+    assert await naming() == 1  # customer.erased, still to send
+    assert await erasure.forget_announced_erasures(session) == 0
+    await relay_sends_everything()
+    assert await erasure.forget_announced_erasures(session) == 1
+    assert await naming() == 0

@@ -1,0 +1,22 @@
+"""profiles: find a customer's outbox rows by key (erasure deletes them)
+
+Revision ID: 0003
+"""
+
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_index("outbox_key", "outbox", ["key"])
+    # The few rows on privacy.erasures.v1: announced erasures whose outbox copies are still to forget.
+    op.execute("create index outbox_erasures on outbox (key) where topic = 'privacy.erasures.v1'")
+
+
+def downgrade() -> None:
+    op.drop_index("outbox_erasures", table_name="outbox")
+    op.drop_index("outbox_key", table_name="outbox")

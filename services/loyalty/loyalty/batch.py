@@ -17,6 +17,7 @@ row) raises, so the consumer rolls back and re-applies the batch event by event.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,12 +29,11 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loyalty import handlers
-from loyalty.events import PointsEarned, PurchaseCompleted, TierChanged, envelope_for
+from loyalty.events import POINTS_EARNED, SOURCE, TIER_CHANGED, PurchaseCompleted
 from loyalty.rules import EarningRules, ProgramFile, purchase_earning
 from loyalty.service import add_months, lot_expiry
 from shared.consumer import BatchHandler, BatchHandlerMap
 from shared.envelope import Envelope
-from shared.outbox import OutgoingMessage, add_to_outbox_pg
 from shared.topics import LOYALTY_ACCOUNTS
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -122,6 +122,23 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     dbapi = await raw.get_raw_connection()
     connection: asyncpg.Connection = dbapi.driver_connection
     return connection
+
+
+def _outbox_row(event_type: str, data: dict[str, Any], now: datetime) -> tuple[str, str, str, str]:
+    """An outbox row for loyalty.accounts.v1, the bytes Envelope.encode() would give, without the models."""
+    event_id = str(uuid.uuid4())
+    envelope = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": SOURCE,
+        "type": event_type,
+        "time": now,
+        "subject": data["customer_id"],
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    payload = orjson.dumps(envelope, option=orjson.OPT_UTC_Z).decode()
+    return event_id, LOYALTY_ACCOUNTS, data["customer_id"], payload
 
 
 def _customer_hash(customer_id: str) -> str:
@@ -213,7 +230,8 @@ async def apply_purchases(
     orders: list[tuple[Any, ...]] = []
     lots: list[tuple[Any, ...]] = []
     # Outgoing events in the order one-by-one application would write them; earned ones wait for entry ids.
-    outgoing: list[PointsEarned | TierChanged] = []
+    outgoing: list[tuple[str, dict[str, Any]]] = []
+    ranks = {tier.name: rank for rank, tier in reversed(list(enumerate(rules.tiers)))}
     for purchase in live:
         customer_id = purchase.customer_id
         key = (customer_id, purchase.order_id)
@@ -251,25 +269,31 @@ async def apply_purchases(
                 )
             )
             outgoing.append(
-                PointsEarned(
-                    customer_id=customer_id,
-                    points=earned.points,
-                    balance=member.balance,
-                    cause_type="order",
-                    cause_id=purchase.order_id,
-                    entry_id=0,  # set once the entry is written
-                    occurred_at=purchase.occurred_at,
+                (
+                    POINTS_EARNED,
+                    {  # PointsEarned's fields, in order; entry_id is known once the entry is written
+                        "customer_id": customer_id,
+                        "points": earned.points,
+                        "balance": member.balance,
+                        "cause_type": "order",
+                        "cause_id": purchase.order_id,
+                        "entry_id": 0,
+                        "occurred_at": purchase.occurred_at,
+                    },
                 )
             )
         target = rules.tier_for(member.qualifying).name
-        if rules.rank(target) > rules.rank(member.tier):
+        if ranks.get(target, 0) > ranks.get(member.tier, 0):
             outgoing.append(
-                TierChanged(
-                    customer_id=customer_id,
-                    from_tier=member.tier,
-                    to_tier=target,
-                    qualifying_points=member.qualifying,
-                    occurred_at=now,
+                (
+                    TIER_CHANGED,
+                    {  # TierChanged's fields, in order
+                        "customer_id": customer_id,
+                        "from_tier": member.tier,
+                        "to_tier": target,
+                        "qualifying_points": member.qualifying,
+                        "occurred_at": now,
+                    },
                 )
             )
             member.tier, member.upgraded = target, True
@@ -279,9 +303,9 @@ async def apply_purchases(
     if lots:
         written = await connection.fetch(_INSERT_LOTS, *(list(column) for column in zip(*lots, strict=True)))
         entry_ids = {(row["customer_id"], row["cause_id"]): int(row["id"]) for row in written}
-        for message in outgoing:
-            if isinstance(message, PointsEarned):
-                message.entry_id = entry_ids[(message.customer_id, message.cause_id)]
+        for event_type, data in outgoing:
+            if event_type == POINTS_EARNED:
+                data["entry_id"] = entry_ids[(data["customer_id"], data["cause_id"])]
     changed = [(c, m) for c, m in members.items() if m.credited or m.upgraded]
     if changed:
         await connection.execute(
@@ -293,9 +317,12 @@ async def apply_purchases(
             [m.upgraded for _, m in changed],
             now,
         )
-    await add_to_outbox_pg(
-        connection, [OutgoingMessage(LOYALTY_ACCOUNTS, e.customer_id, envelope_for(e)) for e in outgoing]
-    )
+    if outgoing:
+        await connection.execute(
+            "INSERT INTO outbox (event_id, topic, key, payload)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])",
+            *(list(column) for column in zip(*(_outbox_row(t, data, now) for t, data in outgoing), strict=True)),
+        )
     for event in events:
         if event.data.get("customer_id") in delegated:
             await handlers.credit_purchase(session, event, program=program)

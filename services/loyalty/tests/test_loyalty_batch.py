@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -98,6 +98,7 @@ async def scenario(session: AsyncSession, prefix: str, apply: Apply, shuffle: ra
         _purchase(erased, "e-1", "50.00", at=NOW - timedelta(hours=1)),  # before the erasure: dropped
         _purchase(erased, "e-2", "70.00", at=NOW + timedelta(seconds=1)),  # after it: a new member
         _purchase(vip, "v-1", "10.00"),  # segment campaign x3
+        _purchase(vip, "v-2", "1.00", at=NOW.replace(microsecond=0).astimezone(timezone(timedelta(hours=2)))),
         _purchase(waiting, "w-2", "20.00"),
         _purchase(old, "o-1", "2000.00", at=NOW - timedelta(days=400)),  # out of the window, lot expired
         _purchase(old, "o-2", "10.00", at=NOW - timedelta(days=1)),
@@ -187,7 +188,7 @@ async def test_a_batch_of_mixed_purchases_ends_like_one_by_one_application(sessi
     assert climber[0] == [(1225, "silver", True)]  # 600 + 500, then 100 x 1.25
     assert zero[0] == [(0, "bronze", False)] and zero[1] == []
     assert known[0] == [(5300, "gold", True)]
-    assert vip[0][0][0] == 30
+    assert vip[0][0][0] == 33
     assert [kind for kind, _, _ in climber[4]] == ["points.earned", "points.earned", "tier.changed", "points.earned"]
 
 

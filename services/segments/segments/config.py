@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, default_database_url
@@ -17,7 +18,7 @@ class SegmentsSettings(ServiceSettings):
     # After a start, a recompute runs this soon if the last one is older than the interval.
     recompute_first_delay_seconds: float = 30.0
     # work_mem of the recompute's transaction (SET LOCAL): its whole-base hash joins and sorts.
-    recompute_work_mem: str = "256MB"
+    recompute_work_mem: str = Field(default="512MB", pattern=r"^[0-9]+(kB|MB|GB)$")
     # Predictive models.
     clv_horizon_days: int = 365
     expected_purchases_days: int = 90

@@ -49,7 +49,7 @@ async def lock_for_one_customer(session: AsyncSession) -> None:
 _TEMPLATE_COLUMNS = ("segment_id", "type", *(f"part{i}" for i in range(PART_COUNT)))
 
 
-def _diff_sql(targets_sql: str, customer_filter: bool) -> str:
+def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True) -> str:
     """`targets_sql` yields (segment_id, customer_id, reason) for the segments in :segment_ids."""
     only_customer = "AND m.customer_id = :customer_id" if customer_filter else ""
     # A whole-base diff runs under the exclusive base lock, so the anti-join above is exact: no other
@@ -71,7 +71,7 @@ def _diff_sql(targets_sql: str, customer_filter: bool) -> str:
     )
     templates = ", ".join(f"CAST(:tpl_{c} AS text[])" for c in _TEMPLATE_COLUMNS)
     return f"""
-    WITH target AS MATERIALIZED ({targets_sql}),
+    WITH target AS {"" if materialize else "NOT "}MATERIALIZED ({targets_sql}),
     exited AS (
         DELETE FROM segment_members m
         WHERE m.segment_id = ANY(CAST(:segment_ids AS text[])) {only_customer}
@@ -159,10 +159,12 @@ async def apply_memberships(
     at: datetime,
     customer_id: str | None = None,
     segments: Sequence[SegmentLabels] | None = None,
+    materialize: bool = True,
 ) -> Changes:
     """Make the members of `segment_ids` (all customers, or just `customer_id`) be `targets_sql`.
 
     `segments`, when the caller has them loaded in this transaction, saves reading their names again.
+    `materialize=False` when `targets_sql` only reads a table: it is scanned twice instead of copied.
     """
     if not segment_ids:
         return Changes()
@@ -180,7 +182,7 @@ async def apply_memberships(
         await lock_whole_base(session)
         # Whole-base diffs must hash-join: a nested loop re-scanning the table being filled is quadratic.
         await session.execute(text("SET LOCAL enable_nestloop = off"))
-    row = (await session.execute(text(_diff_sql(targets_sql, customer_id is not None)), values)).one()
+    row = (await session.execute(text(_diff_sql(targets_sql, customer_id is not None, materialize)), values)).one()
     return Changes(int(row.entered), int(row.exited))
 
 

@@ -519,7 +519,12 @@ async def sync_all_memberships(
     await session.execute(text("ANALYZE wanted_members"))
     watch.lap("members_wanted")
     changes = await apply_memberships(
-        session, segment_ids=segment_ids, targets_sql="SELECT * FROM wanted_members", params={}, at=at
+        session,
+        segment_ids=segment_ids,
+        targets_sql="SELECT * FROM wanted_members",
+        params={},
+        at=at,
+        materialize=False,
     )
     await session.execute(text("UPDATE segments SET status = 'deleted' WHERE kind = 'cluster' AND status = 'retired'"))
     watch.lap("members_write")

@@ -135,12 +135,13 @@ CustomerId = Annotated[str, PathParam(min_length=1, max_length=MAX_CUSTOMER_ID)]
 IdempotencyKeyHeader = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
 
 # One statement per member answer: the member, its rolling qualifying points and its next expiring lots.
+# Sums are cast to bigint: asyncpg decodes numeric into Decimal, measurably slower.
 _MEMBER_ANSWER = """
     SELECT m.customer_id, m.points, m.tier, m.updated_at, m.enrolled_at, q.qualifying,
            x.expiring_points, x.expiring_at
     FROM members m
     CROSS JOIN LATERAL (
-        SELECT coalesce(sum(l.qualifying), 0) AS qualifying FROM ledger_entries l
+        SELECT coalesce(sum(l.qualifying), 0)::bigint AS qualifying FROM ledger_entries l
         WHERE l.customer_id = m.customer_id AND l.qualifying <> 0
           AND l.qualifying_at > now() - make_interval(months => $2)
     ) q
@@ -148,7 +149,7 @@ _MEMBER_ANSWER = """
         SELECT array_agg(e.points ORDER BY e.expires_at) AS expiring_points,
                array_agg(e.expires_at ORDER BY e.expires_at) AS expiring_at
         FROM (
-            SELECT l.expires_at, sum(l.remaining) AS points FROM ledger_entries l
+            SELECT l.expires_at, sum(l.remaining)::bigint AS points FROM ledger_entries l
             WHERE l.customer_id = m.customer_id AND l.remaining > 0
               AND l.expires_at <= now() + make_interval(days => $3)
             GROUP BY l.expires_at ORDER BY l.expires_at LIMIT $4
@@ -174,14 +175,14 @@ async def _member_answer(connection: asyncpg.Connection, request: Request, custo
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
     following = program.next_tier(row["tier"])
-    qualifying = int(row["qualifying"])
+    qualifying: int = row["qualifying"]
     points, dates = row["expiring_points"] or [], row["expiring_at"] or []
     return orjson.dumps(
         {
             "customer_id": row["customer_id"],
             "points": row["points"],
             "tier": row["tier"],
-            "expiring": [{"points": int(p), "expires_at": at} for p, at in zip(points, dates, strict=True)],
+            "expiring": [{"points": p, "expires_at": at} for p, at in zip(points, dates, strict=True)],
             "updated_at": row["updated_at"],
             "enrolled_at": row["enrolled_at"],
             "qualifying_points": qualifying,

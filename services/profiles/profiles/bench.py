@@ -159,7 +159,7 @@ async def consumer_rate(dsn: str, expected: int, timeout: float) -> dict[str, An
         await conn.close()
 
 
-async def get_latency(base: str, ids: list[str], requests: int) -> dict[str, Any]:
+async def get_latency(base: str, ids: list[str], requests: int, rate: float) -> dict[str, Any]:
     port = base.rsplit(":", 1)[1]
     headers = {"Authorization": f"Bearer {API_KEY}"}
     warm = await run_load(
@@ -178,7 +178,16 @@ async def get_latency(base: str, ids: list[str], requests: int) -> dict[str, Any
         headers=headers,
         max_seconds=120,
     )
-    return result.summary()
+    steady = await run_load(
+        f"http://127.0.0.1:{port}",
+        lambda i: ("GET", f"/v1/customers/{ids[(i * 104729) % len(ids)]}", b""),
+        total=int(rate * 20),
+        connections=32,
+        headers=headers,
+        max_seconds=60,
+        rate_per_second=rate,
+    )
+    return {"closed_loop_32": result.summary(), f"open_loop_{rate:.0f}_per_s": steady.summary()}
 
 
 async def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -201,6 +210,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--customers", type=int, default=2_000)
     parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--code", help="run the worker and API from this copy of services/profiles (a before/after)")
+    parser.add_argument("--rate", type=float, default=200.0, help="GET requests/s of the open-loop run")
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--profile", help="record the worker with py-spy into this file (raw stacks)")
     parser.add_argument("--skip-get", action="store_true")
@@ -221,27 +232,28 @@ def main() -> None:
                 "CX_DEV_API_KEY": API_KEY,
                 "CX_LOG_LEVEL": "WARNING",
             }
+            if args.code:
+                env["PYTHONPATH"] = args.code
             events = make_events(args.events, args.customers)
             asyncio.run(produce(broker.bootstrap, events))
             worker = start("profiles.worker", env, Path(tmp) / "worker.log", args.profile)
             try:
                 consumer = asyncio.run(consumer_rate(postgres.dsn("profiles"), args.events, timeout=600))
+                result: dict[str, Any] = {"consumer": consumer}
+                if not args.skip_get:  # the API process alone serves; the worker, caught up, stays idle
+                    port = free_port()
+                    api_env = env | {"PROFILES_PORT": str(port), "CX_API_ONLY": "true"}
+                    api = start("profiles.main", api_env, Path(tmp) / "api.log")
+                    base = f"http://127.0.0.1:{port}"
+                    try:
+                        asyncio.run(wait_ready(base, api))
+                        ids = sorted({key for _, key, _ in events})
+                        result["get_customer"] = asyncio.run(get_latency(base, ids, args.requests, args.rate))
+                    finally:
+                        stop(api)
             finally:
                 stop(worker)
-            if args.skip_get:
-                print(json.dumps({"consumer": consumer}, indent=2))
-                return
-            port = free_port()
-            api_env = env | {"PROFILES_PORT": str(port), "PROFILES_CONSUMERS_ENABLED": "false"}
-            api = start("profiles.main", api_env, Path(tmp) / "api.log")
-            base = f"http://127.0.0.1:{port}"
-            try:
-                asyncio.run(wait_ready(base, api))
-                ids = sorted({key for _, key, _ in events})
-                latency = asyncio.run(get_latency(base, ids, args.requests))
-            finally:
-                stop(api)
-            print(json.dumps({"consumer": consumer, "get_customer": latency}, indent=2))
+            print(json.dumps(result, indent=2))
             if args.keep_logs:
                 for name in ("worker.log", "api.log"):
                     print(name, (Path(tmp) / name).read_text()[-3000:])

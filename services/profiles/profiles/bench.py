@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=2_000)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--code", help="run the worker and API from this copy of services/profiles (a before/after)")
+    parser.add_argument("--api-processes", type=int, default=1, help="API processes sharing the port")
     parser.add_argument("--rate", type=float, default=200.0, help="GET requests/s of the open-loop run")
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--profile", help="record the worker with py-spy into this file (raw stacks)")
@@ -242,20 +243,29 @@ def main() -> None:
                 result: dict[str, Any] = {"consumer": consumer}
                 if not args.skip_get:  # the API process alone serves; the worker, caught up, stays idle
                     port = free_port()
-                    api_env = env | {"PROFILES_PORT": str(port), "CX_API_ONLY": "true"}
-                    api = start("profiles.main", api_env, Path(tmp) / "api.log")
+                    api_env = env | {
+                        "PROFILES_PORT": str(port),
+                        "CX_API_ONLY": "true",
+                        "PROFILES_API_PROCESSES": str(args.api_processes),
+                    }
+                    apis = [
+                        start("profiles.main", api_env, Path(tmp) / f"api-{n}.log") for n in range(args.api_processes)
+                    ]
                     base = f"http://127.0.0.1:{port}"
                     try:
-                        asyncio.run(wait_ready(base, api))
+                        for api in apis:
+                            asyncio.run(wait_ready(base, api))
                         ids = sorted({key for _, key, _ in events})
                         result["get_customer"] = asyncio.run(get_latency(base, ids, args.requests, args.rate))
+                        result["get_customer"]["api_processes"] = args.api_processes
                     finally:
-                        stop(api)
+                        for api in apis:
+                            stop(api)
             finally:
                 stop(worker)
             print(json.dumps(result, indent=2))
             if args.keep_logs:
-                for name in ("worker.log", "api.log"):
+                for name in ("worker.log", "api-0.log"):
                     print(name, (Path(tmp) / name).read_text()[-3000:])
         finally:
             broker.stop()

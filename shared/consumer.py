@@ -129,7 +129,8 @@ class IdempotentConsumer:
     async def _stop_client(self) -> None:
         if self._consumer is not None:
             try:
-                await self._consumer.stop()
+                # Bounded: a client stopped while still joining its group can wait for ever.
+                await asyncio.wait_for(self._consumer.stop(), timeout=10.0)
             except Exception:
                 log.warning("consumer stop failed", extra={"consumer": self.name}, exc_info=True)
             self._consumer = None

@@ -98,9 +98,14 @@ class ServiceRuntime:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded, so a stuck client cannot keep a stopping service alive.
+            stopped, stuck = await asyncio.wait(self._tasks, timeout=15.0)
+            for task in stopped:
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("task ended with an error", extra={"task": task.get_name()}, exc_info=task.exception())
+            for task in stuck:
+                log.warning("task did not stop in time", extra={"task": task.get_name()})
         self._tasks.clear()
         if self.producer is not None:
             with contextlib.suppress(Exception):

@@ -46,7 +46,8 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
 WRITE = [Depends(require_scope("feedback:write"))]
 READ = [Depends(require_scope("feedback:read"))]
 _ACCEPTED_RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {"model": FeedbackAccepted, "description": "Already recorded: nothing published again"}
+    200: {"model": FeedbackAccepted, "description": "Already recorded: nothing published again"},
+    409: {"description": "The customer was erased after this feedback occurred: not stored"},
 }
 
 
@@ -93,7 +94,11 @@ async def _record(
         sku=body.sku,
         category=body.category,
     )
-    recorded = await service.record_feedback(session, submission=submission, settings=settings)
+    try:
+        recorded = await service.record_feedback(session, submission=submission, settings=settings)
+    except service.CustomerErased:
+        detail = "the customer was erased after this feedback occurred (occurred_at): not stored"
+        raise HTTPException(status.HTTP_409_CONFLICT, detail) from None
     if not recorded.created:
         response.status_code = status.HTTP_200_OK
     return FeedbackAccepted(

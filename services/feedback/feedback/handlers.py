@@ -35,7 +35,11 @@ async def record_segment_exit(session: AsyncSession, event: Envelope) -> None:
 async def erase_customer_data(session: AsyncSession, event: Envelope) -> None:
     request = ErasureRequested.model_validate(event.data)
     await service.erase_customer(
-        session, request_id=request.request_id, customer_id=request.customer_id, now=datetime.now(UTC)
+        session,
+        request_id=request.request_id,
+        customer_id=request.customer_id,
+        requested_at=request.requested_at,
+        now=datetime.now(UTC),
     )
 
 

@@ -25,6 +25,7 @@ from feedback.events import (
 )
 from feedback.models import Complaint, FeedbackEntry, SegmentMembership, SurveyResponse
 from feedback.sentiment import Language, Sentiment, Thresholds, analyse
+from shared.erasure import erased_since, remember_erasure
 from shared.outbox import OutgoingMessage, add_to_outbox
 from shared.topics import ERASURE_CONFIRMATIONS, FEEDBACK_SUBMISSIONS
 
@@ -87,11 +88,17 @@ async def _existing(session: AsyncSession, *, customer_id: str, event_id: str) -
     return None if row is None else Recorded(row.id, False, None, row.complaint_id)
 
 
+class CustomerErased(Exception):
+    """The feedback occurred before its customer was erased: storing it would bring the customer back."""
+
+
 async def record_feedback(session: AsyncSession, *, submission: Submission, settings: FeedbackSettings) -> Recorded:
     """Store the feedback and publish feedback.submitted, once per (customer, event_id)."""
     existing = await _existing(session, customer_id=submission.customer_id, event_id=submission.event_id)
     if existing is not None:
         return existing
+    if await erased_since(session, customer_id=submission.customer_id, occurred_at=submission.occurred_at):
+        raise CustomerErased(submission.customer_id)
     sentiment = await text_sentiment(submission.text, settings)
     segments = await current_segments(session, customer_id=submission.customer_id)
     category = submission.category or (settings.default_complaint_category if submission.kind == "complaint" else None)
@@ -199,8 +206,11 @@ async def apply_membership(
 ) -> None:
     """Keep the latest state by event time, so redelivered or reordered events end in the same state.
 
-    At equal times an exit wins: the order of arrival never decides.
+    At equal times an exit wins: the order of arrival never decides. A change from before the
+    customer's erasure, arriving after it, is dropped.
     """
+    if await erased_since(session, customer_id=customer_id, occurred_at=changed_at):
+        return
     statement = insert(SegmentMembership).values(
         customer_id=customer_id,
         segment_key=segment_key,
@@ -221,12 +231,15 @@ async def apply_membership(
     )
 
 
-async def erase_customer(session: AsyncSession, *, request_id: str, customer_id: str, now: datetime) -> str:
+async def erase_customer(
+    session: AsyncSession, *, request_id: str, customer_id: str, requested_at: datetime, now: datetime
+) -> str:
     """Forget who gave the feedback and what they wrote; scores, sentiment and segments stay for reports.
 
     Returns the anonymous token the customer's rows now carry (random: it cannot be traced back).
     """
     token = f"erased-{uuid.uuid4().hex}"
+    await remember_erasure(session, customer_id=customer_id, requested_at=requested_at)
     await session.execute(
         update(FeedbackEntry)
         .where(FeedbackEntry.customer_id == customer_id)

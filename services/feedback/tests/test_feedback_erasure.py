@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 
 import feedback.main
 import orjson
+import pytest
 from feedback import reports, service
 from feedback.config import FeedbackSettings
 from feedback.models import Complaint, FeedbackEntry, SegmentMembership, SurveyResponse
@@ -21,6 +22,7 @@ from shared.testing import TestPlatform, eventually, producer, read_topic, rollb
 from shared.topics import ERASURE_CONFIRMATIONS, PRIVACY_ERASURES, SEGMENT_MEMBERSHIP
 
 AT = datetime(2004, 4, 4, 12, tzinfo=UTC)
+NOW = datetime.now(UTC)
 WINDOW = Window.of(date(2004, 1, 1), date(2004, 12, 31), today=date(2004, 12, 31), default_days=365)
 
 
@@ -54,7 +56,7 @@ async def test_erasure_forgets_the_customer_and_keeps_the_aggregates(platform: T
         before, _ = await reports.nps_report(session, window=WINDOW, period="month", group_by="segment", limit=9)
         _, total_before = await reports.nps_report(session, window=WINDOW, period="month", group_by=None, limit=9)
 
-        token = await service.erase_customer(session, request_id="req-1", customer_id=customer, now=AT)
+        token = await service.erase_customer(session, request_id="req-1", customer_id=customer, requested_at=AT, now=AT)
 
         assert await count(session, FeedbackEntry.customer_id, customer) == 0
         assert await count(session, Complaint.customer_id, customer) == 0
@@ -117,3 +119,46 @@ async def test_erasure_request_and_segment_events_are_consumed_from_the_broker(
         records = await read_topic(platform.bootstrap, ERASURE_CONFIRMATIONS["feedback"], expect=1000, timeout=5)
         confirmations = [orjson.loads(r.value) for r in records if r.key == customer.encode()]
         assert [c["data"]["request_id"] for c in confirmations] == [f"req-{customer}"]
+
+
+async def test_late_events_from_before_the_erasure_do_not_bring_the_customer_back(
+    platform: TestPlatform, api_headers: dict[str, str]
+) -> None:
+    customer = f"cus-{uuid.uuid4().hex[:10]}"
+    erased_at = datetime(2025, 6, 1, tzinfo=UTC)
+    async with rollback_session(platform.engine("feedback")) as session:
+        await service.erase_customer(
+            session, request_id="req-late", customer_id=customer, requested_at=erased_at, now=erased_at
+        )
+        # A segment change from before the erasure, redelivered after it: dropped.
+        await service.apply_membership(
+            session, customer_id=customer, segment_key="vip", segment_id="s1", is_member=True, changed_at=AT
+        )
+        assert await count(session, SegmentMembership.customer_id, customer) == 0
+        # Feedback that occurred before the erasure and is posted (retried) after it: refused.
+        late = Submission(
+            event_id="late-1", customer_id=customer, kind="nps", score=3, text="Jane", channel="web", occurred_at=AT
+        )
+        with pytest.raises(service.CustomerErased):
+            await record_feedback(session, submission=late, settings=FeedbackSettings())
+        assert await count(session, FeedbackEntry.customer_id, customer) == 0
+        # The customer coming back afterwards is a new customer relationship: stored.
+        back = Submission(
+            event_id="back-1", customer_id=customer, kind="nps", score=9, text=None, channel="web", occurred_at=NOW
+        )
+        await record_feedback(session, submission=back, settings=FeedbackSettings())
+        assert await count(session, FeedbackEntry.customer_id, customer) == 1
+
+
+async def test_feedback_posted_from_before_an_erasure_answers_409(
+    platform: TestPlatform, api_headers: dict[str, str]
+) -> None:
+    customer = f"cus-{uuid.uuid4().hex[:10]}"
+    async with running_app(feedback.main.create_app()) as api:
+        async with AsyncSession(platform.engine("feedback")) as session, session.begin():
+            await service.erase_customer(session, request_id="req-409", customer_id=customer, requested_at=NOW, now=NOW)
+        late = {"event_id": "old-1", "customer_id": customer, "kind": "nps", "score": 4, "channel": "web"}
+        answer = await api.post("/v1/feedback", json=late | {"occurred_at": AT.isoformat()}, headers=api_headers)
+        assert answer.status_code == 409 and "occurred_at" in answer.json()["detail"]
+        fresh = await api.post("/v1/feedback", json=late | {"event_id": "new-1"}, headers=api_headers)
+        assert fresh.status_code == 202, fresh.text

@@ -1,0 +1,45 @@
+"""Erasure tombstones: an erased customer is remembered only by a hash of their id.
+
+An event from before the erasure can still arrive afterwards (redelivered, reordered, a client
+retrying); without the tombstone it would bring the customer's data back. The table is
+`erased_customers (customer_hash, requested_at)`; a service's migration creates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+erased_customers = Table(
+    "erased_customers",
+    MetaData(),
+    Column("customer_hash", String(64), primary_key=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def customer_hash(customer_id: str) -> str:
+    return hashlib.sha256(customer_id.encode()).hexdigest()
+
+
+async def remember_erasure(session: AsyncSession, *, customer_id: str, requested_at: datetime) -> None:
+    """Record the erasure (the latest request wins when a customer is erased more than once)."""
+    statement = insert(erased_customers).values(customer_hash=customer_hash(customer_id), requested_at=requested_at)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[erased_customers.c.customer_hash],
+            set_={"requested_at": func.greatest(erased_customers.c.requested_at, statement.excluded.requested_at)},
+        )
+    )
+
+
+async def erased_since(session: AsyncSession, *, customer_id: str, occurred_at: datetime) -> bool:
+    """Whether the customer was erased at or after `occurred_at`: such an event must not be stored."""
+    requested_at = await session.scalar(
+        select(erased_customers.c.requested_at).where(erased_customers.c.customer_hash == customer_hash(customer_id))
+    )
+    return requested_at is not None and occurred_at <= requested_at

@@ -36,6 +36,7 @@ def _settings(request: Request) -> ProfilesSettings:
 
 
 SettingsDep = Annotated[ProfilesSettings, Depends(_settings)]
+_TIMES = ("first_purchase_at", "last_purchase_at", "last_seen_at", "updated_at")
 
 
 def _invalid(field: str, message: str) -> RequestValidationError:
@@ -57,6 +58,9 @@ async def get_customer(customer_id: str, conn: PgDep, settings: SettingsDep) -> 
     view = await queries.fetch_customer_view(conn, customer_id=customer_id, settings=settings, now=utcnow())
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "customer not found")
+    for field in _TIMES:  # UTC as "Z", as the response model used to write them
+        if view[field] and view[field].endswith("+00:00"):
+            view[field] = view[field][:-6] + "Z"
     return Response(orjson.dumps(view), media_type="application/json")
 
 

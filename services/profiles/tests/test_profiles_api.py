@@ -11,6 +11,7 @@ import profiles.main
 import pytest
 from profiles.config import ProfilesSettings
 from profiles.recommendations import rebuild_recommendations
+from profiles.schemas import CustomerProfile
 from profiles.testing import Events
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -86,6 +87,9 @@ async def test_a_profile_has_the_contract_fields(
     assert profile["loyalty_tier"] == "silver"
     assert profile["lifecycle_stage"] in {"new", "active"}
     assert profile["interaction_counts"] == {}
+    # Encoded by the route itself (one query, orjson), it is still exactly the documented model.
+    assert CustomerProfile.model_validate(profile).model_dump(mode="json") == profile
+    assert answer.headers["content-type"] == "application/json"
 
 
 async def test_unknown_customer_is_404_and_keys_are_checked(

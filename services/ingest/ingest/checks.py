@@ -44,7 +44,7 @@ def check_event(kind: str, raw: object, limits: Limits) -> tuple[EventModel | No
         named = {e.field for e in errors}
         money = _money_from_raw(raw, STATED[kind]) if kind in STATED else None
         return None, errors + [e for e in _cross_field_errors(kind, raw, money) if e.field not in named]
-    money = _money_from_model(model) if isinstance(model, PurchaseIn | RefundIn) else None
+    money = _money_from_model(model) if type(model) is PurchaseIn or type(model) is RefundIn else None
     errors = _cross_field_errors(kind, raw, money)
     return (None if errors else model), errors
 

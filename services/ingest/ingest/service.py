@@ -130,7 +130,7 @@ async def ingest_events(
             checked.append(_Checked(result, model))
     # Refunds lock and read their orders first: in one transaction with the store. Otherwise the
     # store is a single statement, its own transaction.
-    refunds = any(isinstance(c.model, RefundIn) for c in checked)
+    refunds = any(type(c.model) is RefundIn for c in checked)
     async with connection.transaction() if refunds else contextlib.nullcontext():
         await _accept(connection, source=source, results=results, checked=checked, max_bytes=max_message_bytes)
     return results
@@ -146,7 +146,7 @@ async def _accept(
 ) -> None:
     # A repeat answers "duplicate" whatever its body: a refund is not priced against its own first
     # copy, and a rejected body whose event_id was accepted before is not an error.
-    refund_ids = [c.model.event_id for c in checked if isinstance(c.model, RefundIn)]
+    refund_ids = [c.model.event_id for c in checked if type(c.model) is RefundIn]
     rejected = [r for r in results if r.errors and r.event_id]
     asked = refund_ids + [r.event_id or "" for r in rejected]
     known = await known_event_ids(connection, source=source, event_ids=asked)
@@ -174,16 +174,16 @@ def _fits(result: EventResult, event: PreparedEvent, max_message_bytes: int) -> 
 async def _prepare_all(
     connection: asyncpg.Connection, *, checked: list[_Checked], known: dict[str, str]
 ) -> list[tuple[_Checked, PreparedEvent]]:
-    refunds = [c.model for c in checked if isinstance(c.model, RefundIn) and c.model.event_id not in known]
+    refunds = [c.model for c in checked if type(c.model) is RefundIn and c.model.event_id not in known]
     book = await OrderBook.load(connection, [r.order_id for r in refunds])
     prepared: list[tuple[_Checked, PreparedEvent]] = []
     for item in checked:
         model = item.model
-        if isinstance(model, PurchaseIn):
+        if type(model) is PurchaseIn:
             event = events.purchase_completed(model)
             if refunds:
                 book.add_purchase(model, model.total if model.total is not None else model.items_total())
-        elif isinstance(model, RefundIn):
+        elif type(model) is RefundIn:
             if model.event_id in known:
                 item.result.status, item.result.id = "duplicate", known[model.event_id]
                 continue
@@ -192,7 +192,7 @@ async def _prepare_all(
                 item.result.errors = errors
                 continue
             event = events.purchase_refunded(model, amount=amount, items=priced)
-        elif isinstance(model, InteractionIn):
+        elif type(model) is InteractionIn:
             event = events.interaction_recorded(model)
         else:
             assert isinstance(model, IdentifyIn)

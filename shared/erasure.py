@@ -10,9 +10,13 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.consumer import HandlerMap
+from shared.envelope import Envelope
+from shared.tables import outbox
 
 erased_customers = Table(
     "erased_customers",
@@ -43,3 +47,17 @@ async def erased_since(session: AsyncSession, *, customer_id: str, occurred_at: 
         select(erased_customers.c.requested_at).where(erased_customers.c.customer_hash == customer_hash(customer_id))
     )
     return requested_at is not None and occurred_at <= requested_at
+
+
+async def forget_published_messages(session: AsyncSession, event: Envelope) -> None:
+    """On `customer.erased`, delete the published outbox rows keyed by the customer.
+
+    The outbox keeps published rows for a while to publish them again after a broker loss; for an
+    erased customer they are copies of personal data. `customer.erased` comes only after every
+    service confirmed, so this service's confirmation, its last message naming the customer, is out.
+    """
+    customer_id = str(event.data.get("customer_id") or event.subject)
+    await session.execute(delete(outbox).where(outbox.c.key == customer_id, outbox.c.state == "published"))
+
+
+ERASURE_HANDLERS: HandlerMap = {"customer.erased": [forget_published_messages]}

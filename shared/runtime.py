@@ -19,6 +19,7 @@ from shared.auth import make_verifiers
 from shared.consumer import BatchHandlerMap, HandlerMap, IdempotentConsumer, merge_handlers
 from shared.db import make_engine, make_pg_pool, make_sessionmaker
 from shared.devstack import ensure_topics
+from shared.erasure import ERASURE_HANDLERS
 from shared.outbox import OutboxRelay, asyncpg_dsn
 from shared.settings import ServiceSettings
 from shared.topics import API_KEYS, all_topics
@@ -72,7 +73,7 @@ class ServiceRuntime:
             self.consumer = IdempotentConsumer(
                 name=settings.service_name,
                 topics=[*consumes, API_KEYS],
-                handlers=merge_handlers(handlers or {}, API_KEY_HANDLERS),
+                handlers=merge_handlers(handlers or {}, API_KEY_HANDLERS, ERASURE_HANDLERS),
                 sessionmaker=self.sessionmaker,
                 bootstrap_servers=settings.kafka_bootstrap_servers,
                 batch_size=settings.consumer_batch_size,

@@ -52,7 +52,7 @@ _TEMPLATE_COLUMNS = ("segment_id", "type", *(f"part{i}" for i in range(PART_COUN
 def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True) -> str:
     """`targets_sql` yields (segment_id, customer_id, reason) for the segments in :segment_ids."""
     only_customer = "AND m.customer_id = :customer_id" if customer_filter else ""
-    # A whole-base diff runs under the exclusive base lock, so the anti-join above is exact: no other
+    # A whole-base diff runs under the exclusive base lock, so the anti-join below is exact: no other
     # writer can add a member meanwhile, and its targets are unique per (segment, customer) by
     # construction. It skips the speculative insertion ON CONFLICT costs per row (a duplicate would
     # fail the whole statement, never publish twice). A one-customer update only holds the shared lock.

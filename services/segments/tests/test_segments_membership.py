@@ -215,6 +215,34 @@ async def test_repeated_full_recompute_publishes_nothing_new(platform: TestPlatf
         assert sizes > 0
 
 
+async def test_a_recompute_drops_scores_and_predictions_of_customers_without_facts(platform: TestPlatform) -> None:
+    async with rollback_session(platform.engine("segments")) as session:
+        await clean_slate(session)
+        await generate_synthetic_customers(session, customers=300, as_of=NOW, days=100)
+        await recompute_all(session, settings=SETTINGS, as_of=NOW)
+        earlier = NOW - timedelta(days=50)
+        # As of 50 days ago only customers whose first order came before then have facts.
+        expected = set(
+            (
+                await session.execute(
+                    text("SELECT DISTINCT customer_id FROM orders WHERE occurred_at <= :at"), {"at": earlier}
+                )
+            ).scalars()
+        )
+        assert 0 < len(expected) < 300
+        await recompute_all(session, settings=SETTINGS, as_of=earlier)
+        for table in ("rfm_scores", "predictions"):
+            held = set((await session.execute(text(f"SELECT customer_id FROM {table}"))).scalars())
+            assert held == expected, table
+        rfm_members = await session.execute(
+            text(
+                "SELECT DISTINCT m.customer_id FROM segment_members m"
+                " JOIN segments s ON s.id = m.segment_id WHERE s.kind = 'rfm'"
+            )
+        )
+        assert set(rfm_members.scalars()) == expected
+
+
 async def test_real_time_updates_agree_with_a_full_recompute(platform: TestPlatform) -> None:
     """After customers change one by one, a full recompute at the same moment has nothing to fix."""
     async with rollback_session(platform.engine("segments")) as session:

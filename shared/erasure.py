@@ -41,11 +41,17 @@ async def remember_erasure(session: AsyncSession, *, customer_id: str, requested
     )
 
 
-async def erased_since(session: AsyncSession, *, customer_id: str, occurred_at: datetime) -> bool:
-    """Whether the customer was erased at or after `occurred_at`: such an event must not be stored."""
-    requested_at = await session.scalar(
+async def erased_at(session: AsyncSession, *, customer_id: str) -> datetime | None:
+    """When the customer's latest erasure was requested; None if they never were erased."""
+    requested_at: datetime | None = await session.scalar(
         select(erased_customers.c.requested_at).where(erased_customers.c.customer_hash == customer_hash(customer_id))
     )
+    return requested_at
+
+
+async def erased_since(session: AsyncSession, *, customer_id: str, occurred_at: datetime) -> bool:
+    """Whether the customer was erased at or after `occurred_at`: such an event must not be stored."""
+    requested_at = await erased_at(session, customer_id=customer_id)
     return requested_at is not None and occurred_at <= requested_at
 
 

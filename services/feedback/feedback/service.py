@@ -25,7 +25,7 @@ from feedback.events import (
 )
 from feedback.models import Complaint, FeedbackEntry, SegmentMembership, SurveyResponse
 from feedback.sentiment import Language, Sentiment, Thresholds, analyse
-from shared.erasure import erased_since, remember_erasure
+from shared.erasure import erased_at, erased_since, remember_erasure
 from shared.outbox import OutgoingMessage, add_to_outbox
 from shared.topics import ERASURE_CONFIRMATIONS, FEEDBACK_SUBMISSIONS
 
@@ -209,7 +209,16 @@ async def apply_membership(
     At equal times an exit wins: the order of arrival never decides. A change from before the
     customer's erasure, arriving after it, is dropped.
     """
-    if await erased_since(session, customer_id=customer_id, occurred_at=changed_at):
+    erased = await erased_at(session, customer_id=customer_id)
+    if erased is not None and changed_at <= erased:
+        return
+    if erased is not None and not is_member:
+        # Segments announces the exits an erasure causes; a row recording one would name them again.
+        await session.execute(
+            delete(SegmentMembership).where(
+                SegmentMembership.customer_id == customer_id, SegmentMembership.segment_key == segment_key
+            )
+        )
         return
     statement = insert(SegmentMembership).values(
         customer_id=customer_id,

@@ -135,6 +135,11 @@ async def test_late_events_from_before_the_erasure_do_not_bring_the_customer_bac
             session, customer_id=customer, segment_key="vip", segment_id="s1", is_member=True, changed_at=AT
         )
         assert await count(session, SegmentMembership.customer_id, customer) == 0
+        # The exit segments announces because of the erasure (after it): nothing to record either.
+        await service.apply_membership(
+            session, customer_id=customer, segment_key="vip", segment_id="s1", is_member=False, changed_at=NOW
+        )
+        assert await count(session, SegmentMembership.customer_id, customer) == 0
         # Feedback that occurred before the erasure and is posted (retried) after it: refused.
         late = Submission(
             event_id="late-1", customer_id=customer, kind="nps", score=3, text="Jane", channel="web", occurred_at=AT

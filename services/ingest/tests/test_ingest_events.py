@@ -298,6 +298,20 @@ async def test_batch_reports_each_event_and_keeps_the_good_ones(
     assert rejected[7]["errors"][0]["field"] == "items.0.quantity"
 
 
+async def test_same_event_twice_in_one_batch_is_accepted_once(
+    api: httpx.AsyncClient, api_headers: dict[str, str], platform: TestPlatform
+) -> None:
+    body = {"kind": "purchase", **purchase()}
+    answer = await api.post("/v1/batch", json={"events": [body, body]}, headers=api_headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"accepted": 1, "duplicates": 1, "rejected": []}
+    again = await api.post("/v1/purchases", json=body, headers=api_headers)
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    async with platform.engine("ingest").connect() as conn:
+        stored = await conn.scalar(text("select count(*) from outbox where event_id = :id"), {"id": again.json()["id"]})
+    assert stored == 1
+
+
 async def test_batch_over_the_limits_is_refused_with_413(api: httpx.AsyncClient, api_headers: dict[str, str]) -> None:
     many = {"events": [{"kind": "interaction"}] * 1001}
     assert (await api.post("/v1/batch", json=many, headers=api_headers)).status_code == 413

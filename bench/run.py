@@ -404,23 +404,26 @@ async def reconcile() -> Results:
 
 
 async def _wait_until_quiet(timeout: float = 1200, polls: int = 3, every: float = 5.0) -> None:
-    """Until no outbox row is pending and no consumer's applied count moved over `polls` polls.
+    """Until nothing waits (outbox rows pending, profiles not yet published) and no consumer's applied
+    count moved over `polls` polls.
 
     Several polls, because one consumer batch commits at once and may take seconds under load.
     """
     deadline, history = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
-        counts = []
+        waiting, applied = [], []
         for service in SERVICES:
             conn = await asyncpg.connect(dsn(service))
             try:
-                counts.append(await conn.fetchval("select count(*) from outbox where state = 'pending'"))
-                counts.append(await conn.fetchval("select count(*) from processed_messages"))
+                waiting.append(await conn.fetchval("select count(*) from outbox where state = 'pending'"))
+                if service == "profiles":  # changed profiles wait for the snapshot job, not in the outbox
+                    waiting.append(await conn.fetchval("select count(*) from customers where dirty"))
+                applied.append(await conn.fetchval("select count(*) from processed_messages"))
             finally:
                 await conn.close()
-        history.append(counts)
+        history.append(applied)
         recent = history[-polls:]
-        if len(recent) == polls and all(c == recent[0] for c in recent) and not any(recent[0][0::2]):
+        if len(recent) == polls and all(c == recent[0] for c in recent) and not any(waiting):
             return
         await asyncio.sleep(every)
 

@@ -36,7 +36,6 @@ from shared.consumer import BatchHandler, BatchHandlerMap
 from shared.envelope import Envelope
 from shared.topics import LOYALTY_ACCOUNTS
 
-_NEVER = datetime.min.replace(tzinfo=UTC)
 _LOCK_MEMBERS = """
     SELECT m.customer_id, m.points, m.tier,
            (SELECT coalesce(sum(l.qualifying), 0) FROM ledger_entries l
@@ -175,7 +174,7 @@ async def apply_purchases(
             list(set(hashes.values())),
         )
     }
-    live = [
+    live = [  # as service.erased_before: events from before an erasure are dropped
         p for p in purchases if not (hashes[p.customer_id] in erased and p.occurred_at <= erased[hashes[p.customer_id]])
     ]
     if not live:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -20,6 +20,7 @@ from segments.events import ErasureRequested, ProfileUpdated, PurchaseCompleted,
 from segments.facts import CustomerFacts, build_facts_table, facts_sql, load_customer_facts
 from segments.membership import Changes, apply_customer_memberships, apply_memberships, lock_for_one_customer
 from segments.models import (
+    ClusterModel,
     ClvModel,
     Customer,
     CustomerProfile,
@@ -53,6 +54,57 @@ class SegmentConflict(Exception):
     """The change is not allowed for this segment (built-in, deleted, or its key is taken)."""
 
 
+class BatchContext:
+    """What every customer of one batch of events reads alike, loaded once per batch.
+
+    The lock, the active segments, the RFM cut-points and the two models do not change while a
+    consumer applies one batch (only a full recompute or a segment edit changes them, and both take
+    the base lock exclusively, which this batch holds shared). A context lives for one handler
+    call: the consumer's isolated pass (savepoints) calls handlers with a batch of one, so nothing
+    cached outlives a rolled-back savepoint.
+    """
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._loaded: dict[str, Any] = {}
+
+    async def lock(self, session: AsyncSession) -> None:
+        if not self._locked:
+            await lock_for_one_customer(session)
+            self._locked = True
+
+    async def _once(self, name: str, load: Callable[[], Awaitable[Any]]) -> Any:
+        if name not in self._loaded:
+            self._loaded[name] = await load()
+        return self._loaded[name]
+
+    async def active_segments(self, session: AsyncSession) -> Sequence[Segment]:
+        async def load() -> Sequence[Segment]:
+            return (await session.execute(select(Segment).where(Segment.status == "active"))).scalars().all()
+
+        result: Sequence[Segment] = await self._once("segments", load)
+        return result
+
+    async def cut_points(self, session: AsyncSession) -> RfmCutPoints | None:
+        async def load() -> RfmCutPoints | None:
+            statement = select(RfmCutPoints).order_by(RfmCutPoints.id.desc()).limit(1)
+            return (await session.execute(statement)).scalar_one_or_none()
+
+        result: RfmCutPoints | None = await self._once("cuts", load)
+        return result
+
+    def stored_cut_points(self, cuts: RfmCutPoints | None) -> None:
+        self._loaded["cuts"] = cuts
+
+    async def clv_model(self, session: AsyncSession) -> ClvModel | None:
+        result: ClvModel | None = await self._once("clv", lambda: active_clv_model(session))
+        return result
+
+    async def cluster_model(self, session: AsyncSession) -> ClusterModel | None:
+        result: ClusterModel | None = await self._once("cluster", lambda: latest_cluster_model(session))
+        return result
+
+
 # --- inputs -----------------------------------------------------------------------------------
 
 
@@ -60,15 +112,23 @@ async def _ensure_customer(session: AsyncSession, customer_id: str) -> None:
     await session.execute(insert(Customer).values(customer_id=customer_id).on_conflict_do_nothing())
 
 
-async def _record_once(session: AsyncSession, *, customer_id: str, fact: Insert, settings: SegmentsSettings) -> Changes:
+async def _record_once(
+    session: AsyncSession, *, customer_id: str, fact: Insert, settings: SegmentsSettings, context: BatchContext | None
+) -> Changes:
     """Keep a fact once (its own id is the key), then bring the customer's scores and segments up to date."""
     await _ensure_customer(session, customer_id)
     if (await session.execute(fact.on_conflict_do_nothing().returning(literal(1)))).scalar() is None:
         return Changes()  # seen before: a redelivery changes nothing
-    return await refresh_customer(session, customer_id=customer_id, settings=settings)
+    return await refresh_customer(session, customer_id=customer_id, settings=settings, context=context)
 
 
-async def record_purchase(session: AsyncSession, *, purchase: PurchaseCompleted, settings: SegmentsSettings) -> Changes:
+async def record_purchase(
+    session: AsyncSession,
+    *,
+    purchase: PurchaseCompleted,
+    settings: SegmentsSettings,
+    context: BatchContext | None = None,
+) -> Changes:
     order = insert(Order).values(
         order_id=purchase.order_id,
         customer_id=purchase.customer_id,
@@ -76,10 +136,12 @@ async def record_purchase(session: AsyncSession, *, purchase: PurchaseCompleted,
         amount=purchase.total,
         currency=purchase.currency.upper(),
     )
-    return await _record_once(session, customer_id=purchase.customer_id, fact=order, settings=settings)
+    return await _record_once(session, customer_id=purchase.customer_id, fact=order, settings=settings, context=context)
 
 
-async def record_refund(session: AsyncSession, *, refund: PurchaseRefunded, settings: SegmentsSettings) -> Changes:
+async def record_refund(
+    session: AsyncSession, *, refund: PurchaseRefunded, settings: SegmentsSettings, context: BatchContext | None = None
+) -> Changes:
     row = insert(Refund).values(
         refund_id=refund.refund_id,
         order_id=refund.order_id,
@@ -87,10 +149,12 @@ async def record_refund(session: AsyncSession, *, refund: PurchaseRefunded, sett
         occurred_at=refund.occurred_at,
         amount=refund.amount,
     )
-    return await _record_once(session, customer_id=refund.customer_id, fact=row, settings=settings)
+    return await _record_once(session, customer_id=refund.customer_id, fact=row, settings=settings, context=context)
 
 
-async def record_profile(session: AsyncSession, *, update: ProfileUpdated, settings: SegmentsSettings) -> Changes:
+async def record_profile(
+    session: AsyncSession, *, update: ProfileUpdated, settings: SegmentsSettings, context: BatchContext | None = None
+) -> Changes:
     """Keep the snapshot only if its version is newer than the one held (stale ones change nothing)."""
     await _ensure_customer(session, update.customer_id)
     statement = insert(CustomerProfile).values(
@@ -112,7 +176,7 @@ async def record_profile(session: AsyncSession, *, update: ProfileUpdated, setti
     ).scalar()
     if applied is None:
         return Changes()
-    return await refresh_customer(session, customer_id=update.customer_id, settings=settings)
+    return await refresh_customer(session, customer_id=update.customer_id, settings=settings, context=context)
 
 
 async def erase_customer(session: AsyncSession, *, request: ErasureRequested) -> None:
@@ -151,17 +215,22 @@ async def refresh_customer(
     settings: SegmentsSettings,
     as_of: datetime | None = None,
     at: datetime | None = None,
+    context: BatchContext | None = None,
 ) -> Changes:
-    """Score one customer against the stored cut-points and models, and sync all their memberships."""
+    """Score one customer against the stored cut-points and models, and sync all their memberships.
+
+    `context` shares the lock, segments and models among the customers of one batch of events.
+    """
     as_of = as_of or datetime.now(UTC)
     at = at or datetime.now(UTC)
-    await lock_for_one_customer(session)
+    context = context or BatchContext()
+    await context.lock(session)
     facts = await load_customer_facts(session, customer_id=customer_id, as_of=as_of)
-    await _score_rfm(session, customer_id=customer_id, facts=facts, as_of=as_of)
-    model = await _predict(session, customer_id=customer_id, facts=facts, settings=settings, at=at)
+    await _score_rfm(session, customer_id=customer_id, facts=facts, as_of=as_of, context=context)
+    model = await _predict(session, customer_id=customer_id, facts=facts, settings=settings, at=at, context=context)
     attributes = await customer_attributes(session, customer_id=customer_id)
-    active = (await session.execute(select(Segment).where(Segment.status == "active"))).scalars().all()
-    cluster = await _cluster_of(session, facts) if facts is not None else None
+    active = await context.active_segments(session)
+    cluster = _cluster_of(await context.cluster_model(session), facts) if facts is not None else None
     wanted: dict[str, str] = dict([cluster] if cluster else [])
     for segment in active:
         reason = _match(segment, attributes, model, settings, as_of)
@@ -208,9 +277,8 @@ def _predictive_reason(
     return None
 
 
-async def _cluster_of(session: AsyncSession, facts: CustomerFacts) -> tuple[str, str] | None:
+def _cluster_of(model: ClusterModel | None, facts: CustomerFacts) -> tuple[str, str] | None:
     """The cluster segment whose centre is nearest (the last fit's scaler and centres) and why."""
-    model = await latest_cluster_model(session)
     if model is None:
         return None
     raw = clusters.feature_matrix(
@@ -224,12 +292,15 @@ async def _cluster_of(session: AsyncSession, facts: CustomerFacts) -> tuple[str,
     return model.segment_ids[label], f"closest to the centre of: {clusters.describe(clustering.centres[label])}"
 
 
-async def _score_rfm(session: AsyncSession, *, customer_id: str, facts: CustomerFacts | None, as_of: datetime) -> None:
-    cuts = (await session.execute(select(RfmCutPoints).order_by(RfmCutPoints.id.desc()).limit(1))).scalar_one_or_none()
+async def _score_rfm(
+    session: AsyncSession, *, customer_id: str, facts: CustomerFacts | None, as_of: datetime, context: BatchContext
+) -> None:
+    cuts = await context.cut_points(session)
     if cuts is None and facts is not None:
         # Before the first full recompute (a new system) the base is small: take its cut-points now.
         everyone = f"({facts_sql(customer_filter=False)}) AS base"
         cuts = await store_cut_points(session, as_of=as_of, facts=everyone)
+        context.stored_cut_points(cuts)
     if facts is None or cuts is None:
         await session.execute(delete(RfmScore).where(RfmScore.customer_id == customer_id))
         return
@@ -271,9 +342,15 @@ async def active_clv_model(session: AsyncSession) -> ClvModel | None:
 
 
 async def _predict(
-    session: AsyncSession, *, customer_id: str, facts: CustomerFacts | None, settings: SegmentsSettings, at: datetime
+    session: AsyncSession,
+    *,
+    customer_id: str,
+    facts: CustomerFacts | None,
+    settings: SegmentsSettings,
+    at: datetime,
+    context: BatchContext,
 ) -> ClvModel | None:
-    model = await active_clv_model(session)
+    model = await context.clv_model(session)
     if facts is None:
         await session.execute(delete(Prediction).where(Prediction.customer_id == customer_id))
         return model

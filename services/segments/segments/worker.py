@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from segments.config import SegmentsSettings
-from segments.handlers import build_handlers
+from segments.handlers import build_batch_handlers, build_handlers
 from segments.models import RecomputeRun
 from segments.recompute import recompute_all
 from shared.jobs import every
@@ -61,7 +61,13 @@ def build_runtime(settings: SegmentsSettings) -> ServiceRuntime:
     jobs: list[Job] = []
     if settings.recompute_interval_seconds > 0:
         jobs = [catch_up_recompute(settings), every(settings.recompute_interval_seconds, recompute_segments(settings))]
-    return ServiceRuntime(settings, consumes=CONSUMES, handlers=build_handlers(settings), jobs=jobs)
+    return ServiceRuntime(
+        settings,
+        consumes=CONSUMES,
+        handlers=build_handlers(settings),
+        batch_handlers=build_batch_handlers(settings),
+        jobs=jobs,
+    )
 
 
 if __name__ == "__main__":

@@ -165,6 +165,45 @@ async def test_redelivered_and_reordered_profiles_publish_each_change_once(platf
         assert history == ["entered", "exited"]
 
 
+async def test_a_batch_of_events_ends_like_the_same_events_one_by_one(platform: TestPlatform) -> None:
+    from segments.handlers import build_batch_handlers
+
+    from shared.envelope import new_event
+
+    purchases = [purchase(f"b-{i % 4}", f"b-o-{i}", f"{20 + 7 * i}.00", days_ago=i % 5) for i in range(10)]
+    updates = [profile(f"b-{i % 4}", 1 + i, traits={"country": "DE" if i % 3 else "FR"}) for i in range(8)]
+    outcomes = []
+    for batched in (False, True):
+        async with rollback_session(platform.engine("segments")) as session:
+            await clean_slate(session)
+            await add_rule_segment(session, "germans", {"field": "traits.country", "op": "eq", "value": "DE"})
+            await add_rule_segment(session, "spenders", {"field": "rfm.monetary", "op": "gte", "value": 60})
+            if batched:
+                handlers = build_batch_handlers(SETTINGS)
+
+                def envelope(kind: str, data: PurchaseCompleted | ProfileUpdated) -> Envelope:
+                    return new_event(type=kind, source="test", subject=data.customer_id, data=data)
+
+                await handlers["purchase.completed"](session, [envelope("purchase.completed", p) for p in purchases])
+                await handlers["profile.updated"](session, [envelope("profile.updated", u) for u in updates])
+            else:
+                for one in purchases:
+                    await service.record_purchase(session, purchase=one, settings=SETTINGS)
+                for update in updates:
+                    await service.record_profile(session, update=update, settings=SETTINGS)
+            members = await session.execute(
+                text("SELECT s.key, m.customer_id FROM segment_members m JOIN segments s ON s.id = m.segment_id")
+            )
+            # Per customer and segment, the same enter/exit sequence (one statement's rows have no order).
+            sequences: dict[tuple[str, str], list[str]] = {}
+            for customer in ("b-0", "b-1", "b-2", "b-3"):
+                for event_type, key in await events_for(session, customer):
+                    sequences.setdefault((customer, key), []).append(event_type)
+            outcomes.append((sorted(tuple(row) for row in members), sequences))
+    assert outcomes[0] == outcomes[1]
+    assert any(key == "germans" for key, _ in outcomes[0][0])
+
+
 async def test_a_purchase_delivered_twice_or_refunded_out_of_order_changes_state_once(platform: TestPlatform) -> None:
     async with rollback_session(platform.engine("segments")) as session:
         await clean_slate(session)

@@ -42,8 +42,5 @@ class ProfilesSettings(ServiceSettings):
     recommendation_max_limit: int = 50
     recommendation_rebuild_seconds: float = 300.0
 
-    # How often the outbox copies of announced erasures (customer.erased published) are deleted.
-    erasure_outbox_seconds: float = 2.0
-
     list_default_limit: int = 50
     list_max_limit: int = 500

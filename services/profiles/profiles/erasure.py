@@ -147,19 +147,6 @@ async def _forget_outbox_copies(session: AsyncSession, customer_id: str) -> None
     )
 
 
-async def forget_announced_erasures(session: AsyncSession) -> int:
-    """Once customer.erased is published, its outbox row (the last that names the customer) is deleted,
-    with any other published row of that key. Returns how many rows were deleted."""
-    result = await session.execute(
-        text(
-            "delete from outbox where state = 'published' and key in (select key from outbox"
-            " where topic = :topic and state = 'published' and payload like :erased)"
-        ),
-        {"topic": PRIVACY_ERASURES, "erased": '%"type":"customer.erased"%'},
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
 async def _confirmed_services(session: AsyncSession, request_id: str) -> dict[str, datetime]:
     rows = await session.execute(
         select(ErasureConfirmation.service, ErasureConfirmation.confirmed_at).where(

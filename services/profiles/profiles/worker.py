@@ -8,7 +8,6 @@ import gc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from profiles.config import ProfilesSettings
-from profiles.erasure import forget_announced_erasures
 from profiles.handlers import BATCH_HANDLERS, HANDLERS
 from profiles.lifecycle import reevaluate_stages
 from profiles.portrait import publish_all_changes
@@ -46,16 +45,12 @@ def jobs(settings: ProfilesSettings) -> list[Job]:
     async def reevaluate_lifecycle_stages(session: AsyncSession) -> None:
         await reevaluate_stages(session, settings=settings, now=utcnow())
 
-    async def forget_erased_in_outbox(session: AsyncSession) -> None:
-        await forget_announced_erasures(session)
-
     async def rebuild_item_neighbours(session: AsyncSession) -> None:
         await rebuild_recommendations(session, settings=settings)
 
     return [
         every(settings.publish_interval_seconds, publish_changed_profiles),
         every(settings.lifecycle_interval_seconds, reevaluate_lifecycle_stages),
-        every(settings.erasure_outbox_seconds, forget_erased_in_outbox),
         every(settings.recommendation_rebuild_seconds, rebuild_item_neighbours),
     ]
 

@@ -13,10 +13,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index("outbox_key", "outbox", ["key"])
-    # The few rows on privacy.erasures.v1: announced erasures whose outbox copies are still to forget.
-    op.execute("create index outbox_erasures on outbox (key) where topic = 'privacy.erasures.v1'")
 
 
 def downgrade() -> None:
-    op.drop_index("outbox_erasures", table_name="outbox")
     op.drop_index("outbox_key", table_name="outbox")

@@ -128,3 +128,17 @@ def test_a_tampered_copy_of_a_remembered_token_is_refused() -> None:
     forged_claims = jwt.utils.base64url_encode(b'{"sub":"cus-other","exp":9999999999}').decode()
     assert verifier.verify(f"{header}.{forged_claims}.{signature}") is None
     assert verifier.verify(token[:-2] + ("AA" if not token.endswith("AA") else "BB")) is None
+
+
+def test_remembered_customer_tokens_stay_bounded() -> None:
+    verifier = CustomerTokenVerifier(secret=TEST_JWT_SECRET, public_key=None, max_remembered=3)
+    for n in range(10):
+        assert verifier.verify(issue_customer_token(f"cus-{n}", TEST_JWT_SECRET)) == CustomerPrincipal(f"cus-{n}")
+        assert len(verifier._verified) <= 3
+
+
+def test_failed_customer_tokens_are_never_remembered() -> None:
+    verifier = CustomerTokenVerifier(secret=TEST_JWT_SECRET, public_key=None)
+    forged = issue_customer_token("cus-2", "another-secret-0123456789abcdef0123")
+    assert verifier.verify(forged) is None
+    assert verifier._verified == {}

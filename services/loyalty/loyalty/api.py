@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
@@ -29,7 +28,7 @@ from loyalty.schemas import (
     TransactionPage,
     TransactionRead,
 )
-from shared.auth import CustomerPrincipal, CustomerTokenVerifier, require_scope
+from shared.auth import CustomerDep, require_scope
 from shared.db import PgDep, SessionDep
 
 router = APIRouter(prefix="/v1", tags=["loyalty"])
@@ -56,72 +55,6 @@ class RulesCache:
 
     def forget(self) -> None:
         self._rules = None
-
-
-@dataclass
-class VerifiedTokens:
-    """Customer tokens already verified, until their `exp`: a repeat call skips the signature check.
-
-    Keyed by the whole token string, so only a byte-identical token hits; only successes are kept,
-    and the map is emptied when full (bounded memory whatever tokens are sent).
-    """
-
-    verifier: CustomerTokenVerifier
-    max_entries: int = 10_000
-    _verified: dict[str, tuple[float, CustomerPrincipal]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self._verified)
-
-    def verify(self, token: str) -> CustomerPrincipal | None:
-        cached = self._verified.get(token)
-        if cached is not None:
-            if time.time() < cached[0]:
-                return cached[1]
-            del self._verified[token]
-        principal = self.verifier.verify(token)
-        expires = _token_expiry(token) if principal is not None else None
-        if principal is None or expires is None:
-            return principal
-        if len(self._verified) >= self.max_entries:
-            self._verified.clear()
-        self._verified[token] = (expires, principal)
-        return principal
-
-
-def _token_expiry(token: str) -> float | None:
-    """The `exp` claim of a token whose signature was just verified (None if unreadable)."""
-    try:
-        payload = token.split(".")[1]
-        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        expires = claims["exp"]
-    except (IndexError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
-        return None
-    return float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) else None
-
-
-def _verified_tokens(request: Request) -> VerifiedTokens:
-    tokens: VerifiedTokens | None = getattr(request.app.state, "verified_tokens", None)
-    if tokens is None:
-        tokens = request.app.state.verified_tokens = VerifiedTokens(request.app.state.runtime.customer_tokens)
-    return tokens
-
-
-async def cached_customer(request: Request) -> CustomerPrincipal:
-    """shared.auth.current_customer with a cache of verified tokens (the hot /v1/me path)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    token = credentials.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer credentials", _UNAUTHORIZED)
-    principal = _verified_tokens(request).verify(token)
-    if principal is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid customer token", _UNAUTHORIZED)
-    return principal
-
-
-_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
-FastCustomerDep = Annotated[CustomerPrincipal, Depends(cached_customer)]
 
 
 async def rules_cache(request: Request) -> RulesCache:  # async: a sync dependency would run in a thread
@@ -210,7 +143,7 @@ async def get_member(customer_id: CustomerId, request: Request) -> Response:
 
 
 @router.get("/me", response_model=MemberRead)
-async def get_me(customer: FastCustomerDep, request: Request) -> Response:
+async def get_me(customer: CustomerDep, request: Request) -> Response:
     return await _member_response(request, customer.customer_id)
 
 
@@ -267,7 +200,7 @@ async def list_member_transactions(
 
 @router.get("/me/transactions", response_model=TransactionPage)
 async def list_my_transactions(
-    customer: FastCustomerDep, connection: PgDep, request: Request, limit: Limit = None, cursor: Cursor = None
+    customer: CustomerDep, connection: PgDep, request: Request, limit: Limit = None, cursor: Cursor = None
 ) -> TransactionPage:
     return await _transactions(
         connection, customer_id=customer.customer_id, limit=_page_size(request, limit), cursor=cursor
@@ -377,7 +310,7 @@ async def redeem_member_points(
 
 @router.post("/me/redemptions", status_code=201, responses=_CREATED)
 async def redeem_my_points(
-    customer: FastCustomerDep, body: RedemptionCreate, key: IdempotencyKeyHeader, session: SessionDep, request: Request
+    customer: CustomerDep, body: RedemptionCreate, key: IdempotencyKeyHeader, session: SessionDep, request: Request
 ) -> Response:
     return await _redeem(session, request, customer.customer_id, key, body)
 

@@ -10,12 +10,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
+from ingest.config import IngestSettings
+from ingest.main import create_app
 from sqlalchemy import text
 
-from shared.testing import TestPlatform
+from shared.db import PgDep
+from shared.testing import TestPlatform, running_app
 
 
 def uid(prefix: str) -> str:
@@ -369,3 +373,15 @@ async def test_no_input_makes_a_500(api: httpx.AsyncClient, api_headers: dict[st
         for path in [*endpoints, "/v1/batch"]:
             statuses.add((await api.post(path, content=raw, headers=api_headers)).status_code)
     assert statuses <= {200, 202, 422}, statuses
+
+
+async def test_lost_database_connection_answers_503_with_retry_after(api_headers: dict[str, str]) -> None:
+    app = create_app(IngestSettings(consumers_enabled=False, relay_enabled=False))
+
+    async def lost(connection: PgDep) -> None:
+        raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    app.add_api_route("/test/lost-connection", lost, methods=["POST"])
+    async with running_app(app) as client:
+        answer = await client.post("/test/lost-connection", headers=api_headers)
+    assert (answer.status_code, answer.headers.get("retry-after")) == (503, "1")

@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=2_000)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--code", help="run the worker and API from this copy of services/profiles (a before/after)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (one consumer group)")
     parser.add_argument("--api-processes", type=int, default=1, help="API processes sharing the port")
     parser.add_argument("--rate", type=float, default=200.0, help="GET requests/s of the open-loop run")
     parser.add_argument("--keep-logs", action="store_true")
@@ -237,7 +238,10 @@ def main() -> None:
                 env["PYTHONPATH"] = args.code
             events = make_events(args.events, args.customers)
             asyncio.run(produce(broker.bootstrap, events))
-            worker = start("profiles.worker", env, Path(tmp) / "worker.log", args.profile)
+            workers = [
+                start("profiles.worker", env, Path(tmp) / f"worker-{n}.log", args.profile if n == 0 else None)
+                for n in range(args.workers)
+            ]
             try:
                 consumer = asyncio.run(consumer_rate(postgres.dsn("profiles"), args.events, timeout=600))
                 result: dict[str, Any] = {"consumer": consumer}
@@ -262,10 +266,12 @@ def main() -> None:
                         for api in apis:
                             stop(api)
             finally:
-                stop(worker)
+                for worker in workers:
+                    stop(worker)
+            result["consumer"]["workers"] = args.workers
             print(json.dumps(result, indent=2))
             if args.keep_logs:
-                for name in ("worker.log", "api-0.log"):
+                for name in ("worker-0.log", "api-0.log"):
                     print(name, (Path(tmp) / name).read_text()[-3000:])
         finally:
             broker.stop()

@@ -89,6 +89,21 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503, headers={"Retry-After": "1"})
 
 
+# Hot routes use asyncpg directly (PgDep): its connection errors answer 503 like SQLAlchemy's.
+_ASYNCPG_UNAVAILABLE = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    ConnectionRefusedError,
+)
+
+
+async def _asyncpg_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+    return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503, headers={"Retry-After": "1"})
+
+
 async def _asyncpg_bad_value(request: Request, exc: Exception) -> JSONResponse:
     """The same 422 for hot paths that use asyncpg directly."""
     errors = [{"field": "request", "message": "a value is out of range or cannot be stored", "type": "data_error"}]
@@ -211,6 +226,8 @@ def create_service_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(asyncpg.exceptions.DataError, _asyncpg_bad_value)
+    for unavailable in _ASYNCPG_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _asyncpg_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)
     _document_field_errors(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, exempt_prefixes=body_limit_exempt)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import gc
-import logging
 from typing import Any
 
-import asyncpg
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
 
 from ingest.admin import router as admin_router
@@ -19,15 +16,6 @@ from ingest.schemas import BatchIn, IdentifyIn, InteractionIn, PurchaseIn, Refun
 from ingest.worker import build_runtime
 from shared.app import create_service_app, serve
 
-log = logging.getLogger(__name__)
-# The hot routes use asyncpg directly: its connection errors answer 503 like SQLAlchemy's do in shared.app.
-DATABASE_UNAVAILABLE = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    ConnectionRefusedError,
-)
 # Request bodies parsed by the routes themselves, documented under components/schemas.
 DOCUMENTED_BODIES = (PurchaseIn, RefundIn, InteractionIn, IdentifyIn, BatchIn)
 
@@ -42,15 +30,8 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         body_limit_exempt=["/v1/imports"],
     )
     app.state.key_sources = {}
-    for error in DATABASE_UNAVAILABLE:
-        app.add_exception_handler(error, _database_unavailable)
     _document_bodies(app)
     return app
-
-
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("database unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
-    return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503, headers={"Retry-After": "1"})
 
 
 def _document_bodies(app: FastAPI) -> None:

@@ -23,6 +23,7 @@ from loyalty.events import (
 from loyalty.rules import ProgramFile, current_rules
 from shared.consumer import HandlerMap
 from shared.envelope import Envelope
+from shared.erasure import erased_at
 
 
 async def _erased(session: AsyncSession, customer_id: str, occurred_at: datetime | None) -> bool:
@@ -71,7 +72,12 @@ async def _record_segment_change(
 ) -> SegmentMembershipChanged | None:
     """Update loyalty's copy of the membership; None when the customer was erased after the event."""
     change = SegmentMembershipChanged.model_validate(event.data)
-    if await _erased(session, change.customer_id, change.occurred_at):
+    erased = await erased_at(session, customer_id=change.customer_id)
+    if erased is not None and change.occurred_at <= erased:
+        return None
+    if erased is not None and not member:
+        # Segments announces the exits an erasure causes; a row recording one would name them again.
+        await service.forget_segment_membership(session, customer_id=change.customer_id, segment_key=change.segment_key)
         return None
     await service.record_segment_change(
         session,

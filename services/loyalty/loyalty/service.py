@@ -614,6 +614,14 @@ async def record_segment_change(
     )
 
 
+async def forget_segment_membership(session: AsyncSession, *, customer_id: str, segment_key: str) -> None:
+    await session.execute(
+        delete(SegmentMembership).where(
+            SegmentMembership.customer_id == customer_id, SegmentMembership.segment_key == segment_key
+        )
+    )
+
+
 async def credit_segment_bonus(
     session: AsyncSession, *, customer_id: str, segment_key: str, occurred_at: datetime, rules: EarningRules
 ) -> None:

@@ -379,3 +379,24 @@ async def test_erasure_request_is_handled_from_the_topic(session: AsyncSession) 
     request = {"request_id": "req-2", "customer_id": cid, "requested_at": NOW.isoformat()}
     await handle(session, envelope("customer.erasure_requested", request))
     assert await service.get_member(session, customer_id=cid) is None
+
+
+async def test_segment_exits_announced_after_an_erasure_do_not_name_the_customer_again(session: AsyncSession) -> None:
+    cid = customer()
+    change = {
+        "customer_id": cid,
+        "segment_id": "seg-vip",
+        "segment_key": "vip",
+        "segment_name": "VIP",
+        "kind": "rule",
+        "reason": "test",
+        "occurred_at": (NOW - timedelta(days=1)).isoformat(),
+    }
+    await handle(session, envelope("segment.entered", change))
+    request = {"request_id": "req-exit", "customer_id": cid, "requested_at": NOW.isoformat()}
+    await handle(session, envelope("customer.erasure_requested", request))
+    # Segments removes the erased customer from its segments and announces the exits, after the erasure.
+    later = (NOW + timedelta(seconds=1)).isoformat()
+    await handle(session, envelope("segment.exited", change | {"occurred_at": later}))
+    held = select(func.count()).select_from(SegmentMembership).where(SegmentMembership.customer_id == cid)
+    assert await session.scalar(held) == 0

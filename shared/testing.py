@@ -111,6 +111,26 @@ def service_process(
         Path(log.name).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def worker_process(service: str, *, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `python -m <service>.worker` (consumer, relay, jobs; no HTTP); its log is scanned for leaks."""
+    with tempfile.NamedTemporaryFile(prefix=f"{service}-worker-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"{service}.worker"], env=os.environ | (env or {}), stdout=log, stderr=log
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        scan_for_leaks(Path(log.name).read_text(errors="replace").splitlines(), f"{service}-worker")
+        Path(log.name).unlink(missing_ok=True)
+
+
 @dataclass
 class TestPlatform:
     __test__ = False  # not a test class, despite the name
@@ -251,4 +271,5 @@ __all__ = [
     "rollback_session",
     "running_app",
     "service_process",
+    "worker_process",
 ]

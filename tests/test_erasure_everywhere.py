@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,38 +28,17 @@ import pytest
 from sqlalchemy import text
 
 from shared.settings import SERVICES
-from shared.testing import TestPlatform, eventually, read_topic, scan_for_leaks, service_process
+from shared.testing import TestPlatform, eventually, read_topic, service_process, worker_process
 from shared.topics import PRIVACY_ERASURES
 
 FAST = {"CX_RELAY_POLL_SECONDS": "0.2", "PROFILES_PUBLISH_INTERVAL_SECONDS": "0.2"}
-
-
-@contextlib.contextmanager
-def worker_process(service: str) -> Iterator[None]:
-    """`python -m <service>.worker` (consumer, relay, jobs); its log is scanned for leaks at the end."""
-    with tempfile.NamedTemporaryFile(prefix=f"{service}-worker-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"{service}.worker"], env=os.environ | FAST, stdout=log, stderr=log
-        )
-    try:
-        yield
-        if process.poll() is not None:
-            raise RuntimeError(f"{service} worker exited: {Path(log.name).read_text()[-2000:]}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        scan_for_leaks(Path(log.name).read_text(errors="replace").splitlines(), f"{service}-worker")
-        Path(log.name).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
 def urls(platform: TestPlatform) -> Iterator[dict[str, str]]:
     with contextlib.ExitStack() as stack:
         for service in SERVICES:  # workers first: an API's /readyz waits for its worker's consumer
-            stack.enter_context(worker_process(service))
+            stack.enter_context(worker_process(service, env=FAST))
         yield {
             service: stack.enter_context(service_process(service, env=FAST | {"CX_API_ONLY": "true"}))
             for service in SERVICES
@@ -278,15 +252,14 @@ async def erasure(urls: dict[str, str], platform: TestPlatform, api_headers: dic
             "text": f"I am {person.name}; the tea was lovely. Write to {person.email} or call {person.phone}.",
         })  # fmt: skip
 
-        async def earned() -> int | None:
+        async def settled() -> bool:  # both purchases (120 + 30 points) in, the refund's 10 reversed
             member = await loyalty.get(f"/v1/members/{cid}")
-            return member.json()["points"] if member.status_code == 200 and member.json()["points"] >= 100 else None
+            return member.status_code == 200 and member.json()["points"] == 140
 
-        earned_points = await eventually(earned, timeout=90)
+        await eventually(settled, timeout=90)
         await eventually(lambda: _scalar(platform, "loyalty", "select 1 from ledger_entries where customer_id = :c"
                                          " and kind = 'reverse'", c=cid), timeout=90)  # fmt: skip
-        balance = int((await loyalty.get(f"/v1/members/{cid}")).json()["points"])
-        assert balance <= earned_points
+        balance = 140
         redemption = {"points": 40, "reason": f"voucher for {person.name}"}
         await _post(loyalty, f"/v1/members/{cid}/redemptions", redemption, **{"Idempotency-Key": uuid.uuid4().hex})
         balance -= 40

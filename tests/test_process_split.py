@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 
 from shared.devstack import free_port
-from shared.testing import TestPlatform, eventually, scan_for_leaks, service_process
+from shared.testing import TestPlatform, eventually, service_process, worker_process
 from tests.support import purchase
-
-
-@contextlib.contextmanager
-def worker_process(service: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m <service>.worker`: the consumer, the outbox relay and the jobs, no HTTP."""
-    with tempfile.NamedTemporaryFile(prefix=f"{service}-worker-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen([sys.executable, "-m", f"{service}.worker"], env=os.environ, stdout=log, stderr=log)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        scan_for_leaks(Path(log.name).read_text(errors="replace").splitlines(), f"{service}-worker")
-        Path(log.name).unlink(missing_ok=True)
 
 
 async def _consumers_ready(client: httpx.AsyncClient) -> bool:

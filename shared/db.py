@@ -54,6 +54,15 @@ async def make_pg_pool(url: str, *, size: int) -> asyncpg.Pool:
     return pool
 
 
+async def transaction_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection of the session's transaction, for set-based SQL (pending ORM changes flushed)."""
+    await session.flush()
+    raw = await session.connection()
+    dbapi = await raw.get_raw_connection()
+    connection: asyncpg.Connection = dbapi.driver_connection
+    return connection
+
+
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

@@ -16,7 +16,6 @@ row) raises, so the consumer rolls back and re-applies the batch event by event.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,7 +31,9 @@ from loyalty.events import POINTS_EARNED, SOURCE, TIER_CHANGED, PurchaseComplete
 from loyalty.rules import EarningRules, ProgramFile, purchase_earning
 from loyalty.service import add_months, lot_expiry
 from shared.consumer import BatchHandler, BatchHandlerMap
+from shared.db import transaction_connection
 from shared.envelope import Envelope
+from shared.erasure import customer_hash
 from shared.topics import LOYALTY_ACCOUNTS
 
 _LOCK_MEMBERS = """
@@ -114,15 +114,6 @@ class _RulesMemo:
         return rules
 
 
-async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection of the session's transaction (pending ORM changes flushed first)."""
-    await session.flush()
-    raw = await session.connection()
-    dbapi = await raw.get_raw_connection()
-    connection: asyncpg.Connection = dbapi.driver_connection
-    return connection
-
-
 def _outbox_row(event_type: str, data: dict[str, Any], now: datetime) -> tuple[str, str, str, str]:
     """An outbox row for loyalty.accounts.v1, the bytes Envelope.encode() would give, without the models."""
     event_id = str(uuid.uuid4())
@@ -138,10 +129,6 @@ def _outbox_row(event_type: str, data: dict[str, Any], now: datetime) -> tuple[s
     }
     payload = orjson.dumps(envelope, option=orjson.OPT_UTC_Z).decode()
     return event_id, LOYALTY_ACCOUNTS, data["customer_id"], payload
-
-
-def _customer_hash(customer_id: str) -> str:
-    return hashlib.sha256(customer_id.encode()).hexdigest()
 
 
 def batch_handlers_for(program: ProgramFile | None) -> BatchHandlerMap:
@@ -163,10 +150,10 @@ async def apply_purchases(
         return
     memo = memo or _RulesMemo(program.rules() if program else None)
     purchases = [PurchaseCompleted.model_validate(event.data) for event in events]
-    connection = await driver_connection(session)
+    connection = await transaction_connection(session)
     now = datetime.now(UTC)
 
-    hashes = {p.customer_id: _customer_hash(p.customer_id) for p in purchases}
+    hashes = {p.customer_id: customer_hash(p.customer_id) for p in purchases}
     erased: dict[str, datetime] = {
         row["customer_hash"]: row["requested_at"]
         for row in await connection.fetch(

@@ -164,12 +164,3 @@ class Campaign(Base):
     segment_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-class ErasedCustomer(Base):
-    """Customers erased, by SHA-256 of their id, so events from before the erasure arriving late are dropped."""
-
-    __tablename__ = "erased_customers"
-
-    customer_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -33,8 +33,9 @@ from loyalty.events import (
     envelope_for,
     erasure_confirmed,
 )
-from loyalty.models import ErasedCustomer, IdempotencyKey, LedgerEntry, Member, Order, Refund, SegmentMembership
+from loyalty.models import IdempotencyKey, LedgerEntry, Member, Order, Refund, SegmentMembership
 from loyalty.rules import EarningRules, ProgramFile
+from shared.erasure import erased_at, remember_erasure
 from shared.outbox import OutgoingMessage, add_to_outbox
 from shared.topics import ERASURE_CONFIRMATIONS, LOYALTY_ACCOUNTS
 
@@ -661,15 +662,9 @@ async def credit_feedback(
     )
 
 
-def _customer_hash(customer_id: str) -> str:
-    return hashlib.sha256(customer_id.encode()).hexdigest()
-
-
 async def erased_before(session: AsyncSession, *, customer_id: str, occurred_at: datetime | None) -> bool:
     """Whether this customer was erased after `occurred_at` (or at all, for events without a time)."""
-    requested_at = await session.scalar(
-        select(ErasedCustomer.requested_at).where(ErasedCustomer.customer_hash == _customer_hash(customer_id))
-    )
+    requested_at = await erased_at(session, customer_id=customer_id)
     return requested_at is not None and (occurred_at is None or occurred_at <= requested_at)
 
 
@@ -688,15 +683,7 @@ async def erase_member(
     token = erased_member_id(customer_id)
     now = datetime.now(UTC)
     # Remembered so that this customer's older events, arriving later, do not bring the data back.
-    statement = pg_insert(ErasedCustomer).values(
-        customer_hash=_customer_hash(customer_id), requested_at=requested_at or now
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[ErasedCustomer.customer_hash],
-            set_={"requested_at": func.greatest(ErasedCustomer.requested_at, statement.excluded.requested_at)},
-        )
-    )
+    await remember_erasure(session, customer_id=customer_id, requested_at=requested_at or now)
     renamed = (
         await session.execute(
             update(Member)

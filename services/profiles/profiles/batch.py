@@ -38,17 +38,10 @@ from profiles.events import (
 )
 from profiles.service import NOT_INTEREST, customer_key, interaction_property, not_erased_memo
 from shared.consumer import BatchHandlerMap
+from shared.db import transaction_connection
 from shared.envelope import Envelope
 
 M = TypeVar("M", bound=BaseModel)
-
-
-async def connection(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection of the session's transaction."""
-    raw = await session.connection()
-    dbapi = await raw.get_raw_connection()
-    driver: asyncpg.Connection = dbapi.driver_connection
-    return driver
 
 
 def _parse(model: type[M], events: Sequence[Envelope]) -> list[M]:
@@ -160,7 +153,7 @@ def _first_by(items: Iterable[M], key: Any) -> list[M]:
 
 async def count_purchases(session: AsyncSession, events: Sequence[Envelope]) -> None:
     purchases = _first_by(_parse(PurchaseCompleted, events), lambda p: (p.customer_id, p.order_id))
-    conn = await connection(session)
+    conn = await transaction_connection(session)
     live = await live_customers(session, conn, (p.customer_id for p in purchases))
     purchases = sorted((p for p in purchases if p.customer_id in live), key=lambda p: (p.customer_id, p.order_id))
     if not purchases:
@@ -263,7 +256,7 @@ async def count_purchases(session: AsyncSession, events: Sequence[Envelope]) -> 
 
 async def deduct_refunds(session: AsyncSession, events: Sequence[Envelope]) -> None:
     refunds = _first_by(_parse(PurchaseRefunded, events), lambda r: r.refund_id)
-    conn = await connection(session)
+    conn = await transaction_connection(session)
     live = await live_customers(session, conn, (r.customer_id for r in refunds))
     refunds = sorted((r for r in refunds if r.customer_id in live), key=lambda r: r.refund_id)
     if not refunds:
@@ -329,7 +322,7 @@ async def _lock_anonymous_ids(conn: asyncpg.Connection, anonymous_ids: Iterable[
 
 async def count_interactions(session: AsyncSession, events: Sequence[Envelope]) -> None:
     interactions = _first_by(_parse(InteractionRecorded, events), lambda i: i.event_id)
-    conn = await connection(session)
+    conn = await transaction_connection(session)
     anonymous = [i.anonymous_id for i in interactions if i.customer_id is None and i.anonymous_id is not None]
     if any(i.customer_id is None and i.anonymous_id is None for i in interactions):
         raise ValueError("interaction has neither customer_id nor anonymous_id")
@@ -410,7 +403,7 @@ async def add_interaction_facts(conn: asyncpg.Connection, facts: Sequence[Intera
 
 async def merge_identities(session: AsyncSession, events: Sequence[Envelope]) -> None:
     identified = _parse(CustomerIdentified, events)
-    conn = await connection(session)
+    conn = await transaction_connection(session)
     live = await live_customers(session, conn, (i.customer_id for i in identified))
     identified = [i for i in identified if i.customer_id in live]
     if not identified:
@@ -494,7 +487,7 @@ async def track_points_balances(session: AsyncSession, events: Sequence[Envelope
     for change in _parse(PointsChanged, events):
         if change.customer_id not in newest or change.entry_id > newest[change.customer_id].entry_id:
             newest[change.customer_id] = change
-    conn = await connection(session)
+    conn = await transaction_connection(session)
     ids = sorted(await live_customers(session, conn, newest))
     if ids:
         await conn.execute(
@@ -519,7 +512,7 @@ async def track_tiers(session: AsyncSession, events: Sequence[Envelope]) -> None
         known = latest.get(change.customer_id)
         if known is None or (change.occurred_at, change.to_tier) > (known.occurred_at, known.to_tier):
             latest[change.customer_id] = change
-    conn = await connection(session)
+    conn = await transaction_connection(session)
     ids = sorted(await live_customers(session, conn, latest))
     if ids:
         await conn.execute(
@@ -540,7 +533,7 @@ async def track_tiers(session: AsyncSession, events: Sequence[Envelope]) -> None
 
 async def record_feedback(session: AsyncSession, events: Sequence[Envelope]) -> None:
     submitted = _first_by(_parse(FeedbackSubmitted, events), lambda f: f.feedback_id)
-    conn = await connection(session)
+    conn = await transaction_connection(session)
     live = await live_customers(session, conn, (f.customer_id for f in submitted))
     submitted = sorted((f for f in submitted if f.customer_id in live), key=lambda f: f.feedback_id)
     if not submitted:
@@ -624,7 +617,7 @@ def _segment_handler(member: bool) -> Any:
         for change in _parse(SegmentMembershipChanged, events):
             key = (change.customer_id, change.segment_key)
             latest[key] = max(latest.get(key, change.occurred_at), change.occurred_at)
-        conn = await connection(session)
+        conn = await transaction_connection(session)
         live = await live_customers(session, conn, (c for c, _ in latest))
         keys = sorted(k for k in latest if k[0] in live)
         if not keys:

@@ -17,10 +17,10 @@ import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from profiles.batch import connection
 from profiles.config import ProfilesSettings
 from profiles.events import PROFILE_UPDATED, SOURCE
 from profiles.models import Affinity
+from shared.db import transaction_connection
 from shared.money import is_currency, minor_unit
 from shared.outbox import MessageTooLarge
 from shared.topics import PROFILES
@@ -232,7 +232,7 @@ async def publish_profile_changes(
 
     Claimed with `for update skip locked`, so a profile the consumer is changing waits for the next run.
     """
-    conn = await connection(session)
+    conn = await transaction_connection(session)
     claimed = await conn.fetch(
         f"""
         select {SNAPSHOT_COLUMNS}, c.published::text as published from customers c

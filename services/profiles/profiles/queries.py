@@ -14,7 +14,6 @@ import orjson
 from sqlalchemy import ColumnElement, Select, and_, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from profiles.batch import connection
 from profiles.config import ProfilesSettings
 from profiles.models import (
     Affinity,
@@ -29,6 +28,7 @@ from profiles.models import (
     SegmentMembership,
 )
 from profiles.portrait import SNAPSHOT_COLUMNS, customer_row, money, profile_snapshot, stage_of, top_categories
+from shared.db import transaction_connection
 
 SortField = Literal["net_revenue", "last_purchase_at", "first_purchase_at", "orders", "last_seen_at", "customer_id"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # sorts customers without a date first (ascending)
@@ -105,7 +105,7 @@ async def customer_view(
     session: AsyncSession, *, customer_id: str, settings: ProfilesSettings, now: datetime
 ) -> dict[str, Any] | None:
     """fetch_customer_view inside a session's transaction."""
-    conn = await connection(session)
+    conn = await transaction_connection(session)
     return await fetch_customer_view(conn, customer_id=customer_id, settings=settings, now=now)
 
 
@@ -204,7 +204,7 @@ async def list_customers(
     rows = (await session.execute(query.order_by(*direction).limit(limit + 1))).all()
     page = rows[:limit]
     ids = [row[0].customer_id for row in page]
-    categories = await top_categories(await connection(session), ids, settings=settings) if ids else {}
+    categories = await top_categories(await transaction_connection(session), ids, settings=settings) if ids else {}
     items = [_summary(row[0], categories.get(row[0].customer_id, [])) for row in page]
     next_cursor = None
     if len(rows) > limit and page:

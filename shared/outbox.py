@@ -107,6 +107,11 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self.published_total = 0
+        # End of each partition as this relay's acknowledgements show it. Offsets on a live partition
+        # only grow, so an acknowledgement or an end offset below it means the broker lost its log.
+        self.partition_ends: dict[tuple[str, int], int] = {}
+        self.broker_ends: dict[tuple[str, int], int] = {}
+        self.broker_lost_log = asyncio.Event()
 
     async def republish_retained(self) -> int:
         """Mark every retained published row pending again (the embedded broker lost them)."""
@@ -167,6 +172,7 @@ class OutboxRelay:
             if not rows:
                 return 0
             results = await asyncio.gather(*[await self._send(row) for row in rows], return_exceptions=True)
+            self._note_acknowledged_offsets(results)
             acked = [row.id for row, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
             failed = [(row, res) for row, res in zip(rows, results, strict=True) if isinstance(res, BaseException)]
             if acked:
@@ -179,6 +185,36 @@ class OutboxRelay:
                 await self._schedule_retry(conn, row.id, row.attempts, error)
         self.published_total += len(acked)
         return len(acked)
+
+    def _note_acknowledged_offsets(self, results: list[Any]) -> None:
+        known = dict(self.partition_ends)
+        for result in results:
+            if isinstance(result, BaseException):
+                continue
+            partition = (result.topic, result.partition)
+            if result.offset < known.get(partition, 0):
+                self.broker_lost_log.set()
+            self.partition_ends[partition] = max(self.partition_ends.get(partition, 0), result.offset + 1)
+
+    def lost_partitions(self, end_offsets: dict[tuple[str, int], int]) -> list[tuple[str, int]]:
+        """Partitions the broker lost, given its end offsets now (a missing partition counts as 0).
+
+        Tansu answers ListOffsets "latest" with the last batch's base offset + 1, short of the true end,
+        so the test is: empty although this relay saw acknowledgements, or below an end it reported earlier.
+        """
+        lost = []
+        for partition in self.partition_ends:
+            end = end_offsets.get(partition, 0)
+            if end == 0 or end < self.broker_ends.get(partition, 0):
+                lost.append(partition)
+            self.broker_ends[partition] = end
+        return lost
+
+    def forget_partition_ends(self) -> None:
+        """After a broker reset: the new log starts again at 0."""
+        self.partition_ends.clear()
+        self.broker_ends.clear()
+        self.broker_lost_log.clear()
 
     async def _send(self, row: Any) -> asyncio.Future[Any]:
         """Queue one row; a row the producer refuses outright fails alone instead of blocking the batch."""

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -155,25 +155,73 @@ class ServiceRuntime:
     async def _watch_for_broker_reset(self, producer: AIOKafkaProducer) -> None:
         """A memory-only broker that restarts comes back empty: recreate topics, publish the outbox again.
 
-        Its topics vanish with it, so a missing platform topic is the sign. Consumers rejoin by
-        themselves (their client restarts on errors) and the repeats are absorbed by idempotence.
+        A missing topic is not enough of a sign: clients' metadata requests can make a restarted broker
+        auto-create topics before this looks. So the relay remembers each partition's end from its
+        acknowledgements; an acknowledged offset or a broker end offset (ListOffsets latest) below it
+        means the log is gone. Consumers rejoin by themselves and idempotence absorbs the repeats.
         """
+        assert self.relay is not None
+        relay = self.relay
         expected = set(all_topics(self.settings.topic_partitions))
-        while True:
-            await asyncio.sleep(self.settings.broker_check_seconds)
-            try:
-                metadata = await producer.client.fetch_all_metadata()
-                if expected <= set(metadata.topics()):
-                    continue
-                log.warning("broker lost its topics: recreating them and republishing the outbox")
-                await ensure_topics(self.settings.kafka_bootstrap_servers, all_topics(self.settings.topic_partitions))
-                if self.relay is not None:
-                    await self.relay.republish_retained()
-                    self.relay.wake()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("broker check failed", exc_info=True)
+        offsets_reader: AIOKafkaConsumer | None = None
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(relay.broker_lost_log.wait(), timeout=self.settings.broker_check_seconds)
+                try:
+                    if offsets_reader is None:
+                        offsets_reader = await self._start_offsets_reader()
+                    reason = await self._broker_lost_log(producer, offsets_reader, relay, expected)
+                    if reason:
+                        await self._recover_from_broker_reset(relay, reason)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("broker check failed", exc_info=True)
+                    if offsets_reader is not None:
+                        with contextlib.suppress(Exception):
+                            await offsets_reader.stop()
+                        offsets_reader = None
+        finally:
+            if offsets_reader is not None:
+                with contextlib.suppress(Exception):
+                    await offsets_reader.stop()
+
+    async def _broker_lost_log(
+        self, producer: AIOKafkaProducer, reader: AIOKafkaConsumer, relay: OutboxRelay, expected: set[str]
+    ) -> str:
+        """Why the broker looks reset, or "" when it does not."""
+        if relay.broker_lost_log.is_set():
+            return "an acknowledged offset went back"
+        if not expected <= set((await producer.client.fetch_all_metadata()).topics()):
+            return "topics are missing"
+        lost = relay.lost_partitions(await self._end_offsets(reader, relay))
+        return f"partition ends went back: {sorted(lost)[:5]}" if lost else ""
+
+    async def _recover_from_broker_reset(self, relay: OutboxRelay, reason: str) -> None:
+        log.warning("broker lost its log: recreating topics, republishing the outbox", extra={"why": reason})
+        relay.forget_partition_ends()
+        await ensure_topics(self.settings.kafka_bootstrap_servers, all_topics(self.settings.topic_partitions))
+        await relay.republish_retained()
+        relay.wake()
+
+    async def _start_offsets_reader(self) -> AIOKafkaConsumer:
+        # No group: it only asks for end offsets, never fetches or commits.
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"{self.settings.service_name}-broker-watch",
+            enable_auto_commit=False,
+        )
+        await reader.start()
+        return reader
+
+    @staticmethod
+    async def _end_offsets(reader: AIOKafkaConsumer, relay: OutboxRelay) -> dict[tuple[str, int], int]:
+        partitions = [TopicPartition(topic, partition) for topic, partition in relay.partition_ends]
+        if not partitions:
+            return {}
+        ends = await asyncio.wait_for(reader.end_offsets(partitions), timeout=10.0)
+        return {(tp.topic, tp.partition): int(end) for tp, end in ends.items()}
 
     async def _announce_consumer(self, consumer: IdempotentConsumer) -> None:
         """Hold the presence lock while the consumer runs; reconnect if the database drops."""

@@ -8,7 +8,6 @@ consumers absorb the repeats. Checked: no event lost, none applied twice, no par
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import Iterator
 from decimal import Decimal
@@ -27,11 +26,6 @@ from shared.testing import TEST_API_KEY, TEST_JWT_SECRET, TestPlatform, eventual
 from tests.support import ledger_counts, purchase
 
 ROOT = Path(__file__).resolve().parent.parent
-# Ten processes on a broker restarted empty: minutes on CI's 2 cores, and it failed once there (loyalty
-# not caught up in 240 s) after the rest of the suite. Run by `make test-faults`.
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("CX_PLATFORM_FAULTS"), reason="whole-platform fault test: `make test-faults` runs it"
-)
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.structs import RecordMetadata
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -167,3 +168,30 @@ async def test_replay_queues_published_rows_again(
     assert await states(engine, [again.envelope.id]) == {again.envelope.id: "pending"}
     await drain(engine, kafka, platform)
     assert await states(engine, [again.envelope.id]) == {again.envelope.id: "published"}
+
+
+def acknowledgement(partition: int, offset: int) -> RecordMetadata:
+    return RecordMetadata(TOPIC, partition, TopicPartition(TOPIC, partition), offset, -1, -1, None)
+
+
+def test_an_acknowledged_offset_below_a_known_end_means_the_broker_lost_its_log(
+    engine: AsyncEngine, kafka: AIOKafkaProducer, platform: TestPlatform
+) -> None:
+    watcher = relay(engine, kafka, platform)
+    watcher._note_acknowledged_offsets([acknowledgement(0, 7), acknowledgement(1, 3)])
+    watcher._note_acknowledged_offsets([acknowledgement(0, 8), acknowledgement(1, 4)])
+    assert not watcher.broker_lost_log.is_set()
+    watcher._note_acknowledged_offsets([acknowledgement(0, 0)])  # a new, empty log
+    assert watcher.broker_lost_log.is_set()
+    watcher.forget_partition_ends()
+    assert not watcher.broker_lost_log.is_set() and watcher.partition_ends == {}
+
+
+def test_broker_end_offsets_that_go_back_or_to_zero_mean_a_lost_log(
+    engine: AsyncEngine, kafka: AIOKafkaProducer, platform: TestPlatform
+) -> None:
+    watcher = relay(engine, kafka, platform)
+    watcher._note_acknowledged_offsets([acknowledgement(0, 99), acknowledgement(1, 49), acknowledgement(2, 9)])
+    # Tansu answers "latest" with the last batch's base offset + 1: short of the true end, not a loss.
+    assert watcher.lost_partitions({(TOPIC, 0): 61, (TOPIC, 1): 50, (TOPIC, 2): 10}) == []
+    assert watcher.lost_partitions({(TOPIC, 0): 61, (TOPIC, 1): 12}) == [(TOPIC, 1), (TOPIC, 2)]

@@ -8,6 +8,7 @@ retrying); without the tombstone it would bring the customer's data back. The ta
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, func, select
@@ -47,6 +48,19 @@ async def erased_at(session: AsyncSession, *, customer_id: str) -> datetime | No
         select(erased_customers.c.requested_at).where(erased_customers.c.customer_hash == customer_hash(customer_id))
     )
     return requested_at
+
+
+async def erasures_of(session: AsyncSession, customer_ids: Iterable[str]) -> dict[str, datetime]:
+    """For a batch: when each erased customer among `customer_ids` was last erased (others are absent)."""
+    by_hash = {customer_hash(customer_id): customer_id for customer_id in set(customer_ids)}
+    if not by_hash:
+        return {}
+    rows = await session.execute(
+        select(erased_customers.c.customer_hash, erased_customers.c.requested_at).where(
+            erased_customers.c.customer_hash.in_(list(by_hash))
+        )
+    )
+    return {by_hash[row.customer_hash]: row.requested_at for row in rows}
 
 
 async def erased_since(session: AsyncSession, *, customer_id: str, occurred_at: datetime) -> bool:

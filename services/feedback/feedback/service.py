@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,7 +26,7 @@ from feedback.events import (
 )
 from feedback.models import Complaint, FeedbackEntry, SegmentMembership, SurveyResponse
 from feedback.sentiment import Language, Sentiment, Thresholds, analyse
-from shared.erasure import erased_at, erased_since, remember_erasure
+from shared.erasure import erased_since, erasures_of, remember_erasure
 from shared.outbox import OutgoingMessage, add_to_outbox
 from shared.topics import ERASURE_CONFIRMATIONS, FEEDBACK_SUBMISSIONS
 
@@ -195,6 +196,19 @@ async def list_feedback(
     return list((await session.execute(query.limit(limit).offset(offset))).scalars())
 
 
+@dataclass(frozen=True)
+class MembershipChange:
+    customer_id: str
+    segment_key: str
+    segment_id: str
+    is_member: bool
+    changed_at: datetime
+
+    def replaces(self, other: MembershipChange) -> bool:
+        """The later change wins; at equal times an exit wins, so the order of arrival never decides."""
+        return self.changed_at > other.changed_at or (self.changed_at == other.changed_at and not self.is_member)
+
+
 async def apply_membership(
     session: AsyncSession,
     *,
@@ -204,28 +218,51 @@ async def apply_membership(
     is_member: bool,
     changed_at: datetime,
 ) -> None:
+    change = MembershipChange(customer_id, segment_key, segment_id, is_member, changed_at)
+    await apply_memberships(session, changes=[change])
+
+
+async def apply_memberships(session: AsyncSession, *, changes: Sequence[MembershipChange]) -> None:
     """Keep the latest state by event time, so redelivered or reordered events end in the same state.
 
-    At equal times an exit wins: the order of arrival never decides. A change from before the
-    customer's erasure, arriving after it, is dropped.
+    A batch takes two statements: the winning change per customer and segment is upserted where it
+    is newer than the row held. A change from before the customer's erasure, arriving after it, is
+    dropped; an exit after it deletes the row (segments announces the exits an erasure causes, and
+    a row recording one would name them again).
     """
-    erased = await erased_at(session, customer_id=customer_id)
-    if erased is not None and changed_at <= erased:
-        return
-    if erased is not None and not is_member:
-        # Segments announces the exits an erasure causes; a row recording one would name them again.
+    erasures = await erasures_of(session, (change.customer_id for change in changes))
+    winners: dict[tuple[str, str], MembershipChange] = {}
+    forget: set[tuple[str, str]] = set()
+    for change in changes:
+        key = (change.customer_id, change.segment_key)
+        erased = erasures.get(change.customer_id)
+        if erased is not None and change.changed_at <= erased:
+            continue
+        if erased is not None and not change.is_member:
+            forget.add(key)
+            continue
+        held = winners.get(key)
+        if held is None or change.replaces(held):
+            winners[key] = change
+    if forget:
         await session.execute(
             delete(SegmentMembership).where(
-                SegmentMembership.customer_id == customer_id, SegmentMembership.segment_key == segment_key
+                tuple_(SegmentMembership.customer_id, SegmentMembership.segment_key).in_(sorted(forget))
             )
         )
+    if not winners:
         return
     statement = insert(SegmentMembership).values(
-        customer_id=customer_id,
-        segment_key=segment_key,
-        segment_id=segment_id,
-        is_member=is_member,
-        changed_at=changed_at,
+        [
+            {
+                "customer_id": c.customer_id,
+                "segment_key": c.segment_key,
+                "segment_id": c.segment_id,
+                "is_member": c.is_member,
+                "changed_at": c.changed_at,
+            }
+            for _, c in sorted(winners.items())
+        ]
     )
     newer = or_(
         SegmentMembership.changed_at < statement.excluded.changed_at,
@@ -234,7 +271,11 @@ async def apply_membership(
     await session.execute(
         statement.on_conflict_do_update(
             index_elements=[SegmentMembership.customer_id, SegmentMembership.segment_key],
-            set_={"segment_id": segment_id, "is_member": is_member, "changed_at": changed_at},
+            set_={
+                "segment_id": statement.excluded.segment_id,
+                "is_member": statement.excluded.is_member,
+                "changed_at": statement.excluded.changed_at,
+            },
             where=newer,
         )
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from feedback.config import FeedbackSettings
-from feedback.handlers import HANDLERS
+from feedback.handlers import BATCH_HANDLERS, HANDLERS
 from shared.runtime import ServiceRuntime, run_worker
 from shared.topics import PRIVACY_ERASURES, SEGMENT_MEMBERSHIP
 
@@ -11,7 +11,7 @@ CONSUMES = [SEGMENT_MEMBERSHIP, PRIVACY_ERASURES]
 
 
 def build_runtime(settings: FeedbackSettings) -> ServiceRuntime:
-    return ServiceRuntime(settings, consumes=CONSUMES, handlers=HANDLERS)
+    return ServiceRuntime(settings, consumes=CONSUMES, handlers=HANDLERS, batch_handlers=BATCH_HANDLERS)
 
 
 if __name__ == "__main__":

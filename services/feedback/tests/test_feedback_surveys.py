@@ -13,13 +13,13 @@ import feedback.main
 import httpx
 import pytest
 from feedback.config import FeedbackSettings
-from feedback.handlers import HANDLERS
+from feedback.handlers import BATCH_HANDLERS
 from feedback.models import SegmentMembership
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.auth import issue_customer_token
-from shared.envelope import new_event
+from shared.envelope import Envelope, new_event
 from shared.testing import TEST_JWT_SECRET, TestPlatform, rollback_session, running_app
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,15 +70,23 @@ async def test_membership_ends_the_same_whatever_the_order_of_arrival(
         customer = f"cus-order-{n}-{uuid.uuid4().hex[:6]}"
         for kind, hour in order:
             event = segment_event(kind, customer, "vip", T0 + timedelta(hours=hour))
-            for handler in HANDLERS[event.type]:
-                await handler(session, event)
+            await BATCH_HANDLERS[event.type](session, [event])
         assert await is_member(session, customer, "vip") is member, order
+        # The consumer hands a fetched batch over one event type at a time: the same end state.
+        batched = f"{customer}-batched"
+        events_by_type: dict[str, list[Envelope]] = {}
+        for kind, hour in order:
+            event = segment_event(kind, batched, "vip", T0 + timedelta(hours=hour))
+            events_by_type.setdefault(event.type, []).append(event)
+        for event_type, events_of_type in events_by_type.items():
+            await BATCH_HANDLERS[event_type](session, events_of_type)
+        assert await is_member(session, batched, "vip") is member, order
 
 
 async def test_segment_event_without_a_customer_is_refused(session: AsyncSession) -> None:
     event = new_event(type="segment.entered", source="test", subject="x", data={"segment_key": "vip"})
     with pytest.raises(ValueError):
-        await HANDLERS["segment.entered"][0](session, event)
+        await BATCH_HANDLERS["segment.entered"](session, [event])
 
 
 def token(customer: str) -> dict[str, str]:
@@ -106,8 +114,7 @@ async def api(platform: TestPlatform) -> AsyncIterator[httpx.AsyncClient]:
 
 async def enter_segment(platform: TestPlatform, customer: str, key: str) -> None:
     async with async_sessionmaker(platform.engine("feedback"))() as session, session.begin():
-        for handler in HANDLERS["segment.entered"]:
-            await handler(session, segment_event("entered", customer, key, datetime.now(UTC)))
+        await BATCH_HANDLERS["segment.entered"](session, [segment_event("entered", customer, key, datetime.now(UTC))])
 
 
 async def test_customer_is_asked_the_surveys_of_their_segments_until_answered(

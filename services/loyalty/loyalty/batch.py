@@ -137,8 +137,18 @@ def batch_handlers_for(program: ProgramFile | None) -> BatchHandlerMap:
     async def credit_purchases(session: AsyncSession, events: Sequence[Envelope]) -> None:
         await apply_purchases(session, events, program=program, memo=memo)
 
-    handler: BatchHandler = credit_purchases
-    return {"purchase.completed": handler}
+    async def record_segment_entries(session: AsyncSession, events: Sequence[Envelope]) -> None:
+        await handlers.record_segment_changes(session, events, member=True, program=program)
+
+    async def record_segment_exits(session: AsyncSession, events: Sequence[Envelope]) -> None:
+        await handlers.record_segment_changes(session, events, member=False)
+
+    batch: dict[str, BatchHandler] = {
+        "purchase.completed": credit_purchases,
+        "segment.entered": record_segment_entries,
+        "segment.exited": record_segment_exits,
+    }
+    return batch
 
 
 async def apply_purchases(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
 
@@ -23,7 +24,7 @@ from loyalty.events import (
 from loyalty.rules import ProgramFile, current_rules
 from shared.consumer import HandlerMap
 from shared.envelope import Envelope
-from shared.erasure import erased_at
+from shared.erasure import erasures_of
 
 
 async def _erased(session: AsyncSession, customer_id: str, occurred_at: datetime | None) -> bool:
@@ -50,43 +51,49 @@ async def enroll_identified_customer(session: AsyncSession, event: Envelope) -> 
 
 
 async def credit_segment_entry(session: AsyncSession, event: Envelope, *, program: ProgramFile | None = None) -> None:
-    change = await _record_segment_change(session, event, member=True)
-    if change is None:
-        return
-    rules, _ = await current_rules(session, fallback=program.rules() if program else None)
-    await service.credit_segment_bonus(
-        session,
-        customer_id=change.customer_id,
-        segment_key=change.segment_key,
-        occurred_at=change.occurred_at,
-        rules=rules,
-    )
+    await record_segment_changes(session, [event], member=True, program=program)
 
 
 async def record_segment_exit(session: AsyncSession, event: Envelope) -> None:
-    await _record_segment_change(session, event, member=False)
+    await record_segment_changes(session, [event], member=False)
 
 
-async def _record_segment_change(
-    session: AsyncSession, event: Envelope, *, member: bool
-) -> SegmentMembershipChanged | None:
-    """Update loyalty's copy of the membership; None when the customer was erased after the event."""
-    change = SegmentMembershipChanged.model_validate(event.data)
-    erased = await erased_at(session, customer_id=change.customer_id)
-    if erased is not None and change.occurred_at <= erased:
-        return None
-    if erased is not None and not member:
-        # Segments announces the exits an erasure causes; a row recording one would name them again.
-        await service.forget_segment_membership(session, customer_id=change.customer_id, segment_key=change.segment_key)
-        return None
-    await service.record_segment_change(
-        session,
-        customer_id=change.customer_id,
-        segment_key=change.segment_key,
-        member=member,
-        occurred_at=change.occurred_at,
+async def record_segment_changes(
+    session: AsyncSession, events: Sequence[Envelope], *, member: bool, program: ProgramFile | None = None
+) -> None:
+    """Update loyalty's copy of the memberships of a batch, then credit the entries that earn a bonus.
+
+    A change from before the customer's erasure is dropped; an exit after it deletes the row
+    (segments announces the exits an erasure causes, and a row recording one would name them again).
+    """
+    changes = [SegmentMembershipChanged.model_validate(event.data) for event in events]
+    erasures = await erasures_of(session, (change.customer_id for change in changes))
+    kept: list[SegmentMembershipChanged] = []
+    for change in changes:
+        erased = erasures.get(change.customer_id)
+        if erased is not None and change.occurred_at <= erased:
+            continue
+        if erased is not None and not member:
+            await service.forget_segment_membership(
+                session, customer_id=change.customer_id, segment_key=change.segment_key
+            )
+            continue
+        kept.append(change)
+    await service.record_segment_changes(
+        session, changes=[(c.customer_id, c.segment_key, member, c.occurred_at) for c in kept]
     )
-    return change
+    if not member or not kept:
+        return
+    rules, _ = await current_rules(session, fallback=program.rules() if program else None)
+    for change in kept:
+        if rules.segment_bonuses.get(change.segment_key, 0) > 0:
+            await service.credit_segment_bonus(
+                session,
+                customer_id=change.customer_id,
+                segment_key=change.segment_key,
+                occurred_at=change.occurred_at,
+                rules=rules,
+            )
 
 
 async def credit_feedback(session: AsyncSession, event: Envelope, *, program: ProgramFile | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -603,8 +604,27 @@ async def record_segment_change(
     session: AsyncSession, *, customer_id: str, segment_key: str, member: bool, occurred_at: datetime
 ) -> None:
     """Keep the latest membership by occurred_at, whatever order the events arrive in."""
+    await record_segment_changes(session, changes=[(customer_id, segment_key, member, occurred_at)])
+
+
+async def record_segment_changes(session: AsyncSession, *, changes: Sequence[tuple[str, str, bool, datetime]]) -> None:
+    """(customer, segment key, member, occurred_at) for a batch: the latest per pair, in one statement.
+
+    Within the batch, as across batches, a later change replaces an earlier one and at equal times
+    the first one stays.
+    """
+    latest: dict[tuple[str, str], tuple[bool, datetime]] = {}
+    for customer_id, segment_key, member, occurred_at in changes:
+        held = latest.get((customer_id, segment_key))
+        if held is None or occurred_at > held[1]:
+            latest[(customer_id, segment_key)] = (member, occurred_at)
+    if not latest:
+        return
     statement = pg_insert(SegmentMembership).values(
-        customer_id=customer_id, segment_key=segment_key, member=member, changed_at=occurred_at
+        [
+            {"customer_id": c, "segment_key": k, "member": member, "changed_at": at}
+            for (c, k), (member, at) in sorted(latest.items())
+        ]
     )
     await session.execute(
         statement.on_conflict_do_update(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from loyalty import handlers, service
 from loyalty.batch import apply_purchases, batch_handlers_for
-from loyalty.rules import CampaignWrite, ProgramFile, create_campaign, reset_program
+from loyalty.rules import CampaignWrite, EarningRules, ProgramFile, create_campaign, replace_rules, reset_program
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -230,3 +230,47 @@ async def test_rules_file_and_its_campaigns_apply_before_rules_are_stored(sessio
     expected, found = await state(session, [one]), await state(session, [batch])
     assert _renamed(found, batch) == _renamed(expected, one)
     assert found[0][0] == [(111, "bronze", False)]  # 10 x 2 x 5 + floor(1.10 x 2 x 5)
+
+
+def _membership(kind: str, customer_id: str, key: str, at: datetime) -> Envelope:
+    return _event(
+        kind, customer_id, segment_id=key, segment_key=key, segment_name=key, kind="rule", reason="r",
+        occurred_at=at.isoformat(),
+    )  # fmt: skip
+
+
+async def test_a_batch_of_segment_changes_ends_like_one_by_one_application(session: AsyncSession) -> None:
+    await replace_rules(session, rules=EarningRules(segment_bonuses={"win_back": 50}))
+    run = uuid.uuid4().hex[:8]
+    outcomes = []
+    for prefix in (f"one-{run}", f"bat-{run}"):
+        back, flapper, erased = (f"{prefix}-{n}" for n in range(3))
+        await service.erase_member(session, customer_id=erased, request_id=f"req-{prefix}", requested_at=NOW)
+        changes = [
+            _membership("segment.entered", back, "win_back", NOW - timedelta(hours=3)),
+            _membership("segment.entered", back, "win_back", NOW - timedelta(hours=3)),  # redelivered
+            _membership("segment.exited", flapper, "vip", NOW - timedelta(hours=1)),  # arrives before its entry
+            _membership("segment.entered", flapper, "vip", NOW - timedelta(hours=2)),
+            _membership("segment.entered", flapper, "gold", NOW - timedelta(hours=2)),
+            _membership("segment.entered", erased, "vip", NOW - timedelta(hours=1)),  # before the erasure
+            _membership("segment.exited", erased, "gold", NOW + timedelta(seconds=1)),  # after it: no row
+        ]
+        if prefix.startswith("one"):
+            await one_by_one(session, changes)
+        else:
+            batch = batch_handlers_for(None)
+            for kind in ("segment.exited", "segment.entered"):  # by type, as the consumer hands them over
+                await batch[kind](session, [c for c in changes if c.type == kind])
+        rows = await session.execute(
+            text(
+                "SELECT customer_id, segment_key, member, changed_at FROM segment_memberships"
+                " WHERE customer_id LIKE :p ORDER BY 1, 2"
+            ),
+            {"p": f"{prefix}-%"},
+        )
+        points = await session.execute(
+            text("SELECT customer_id, points FROM members WHERE customer_id LIKE :p ORDER BY 1"), {"p": f"{prefix}-%"}
+        )
+        outcomes.append(_renamed([rows.all(), points.all()], prefix))
+    assert outcomes[0] == outcomes[1]
+    assert "'win_back', True" in outcomes[0] and "'vip', False" in outcomes[0] and "50)" in outcomes[0]

@@ -7,6 +7,7 @@ UTC calendar days: several orders on one day are one occasion, as in the BG/NBD 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -16,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 
 def facts_sql(*, customer_filter: bool) -> str:
-    order_filter = "AND o.customer_id = :customer_id" if customer_filter else ""
-    refund_filter = "AND f.customer_id = :customer_id" if customer_filter else ""
+    order_filter = "AND o.customer_id = ANY(CAST(:customer_ids AS text[]))" if customer_filter else ""
+    refund_filter = "AND f.customer_id = ANY(CAST(:customer_ids AS text[]))" if customer_filter else ""
     return f"""
     WITH refund_by_order AS (
         SELECT f.order_id, sum(f.amount) AS amount FROM refunds f
@@ -61,10 +62,17 @@ class CustomerFacts:
 
 
 async def load_customer_facts(session: AsyncSession, *, customer_id: str, as_of: datetime) -> CustomerFacts | None:
-    row = (
-        await session.execute(text(facts_sql(customer_filter=True)), {"as_of": as_of, "customer_id": customer_id})
-    ).first()
-    return None if row is None else CustomerFacts(**row._asdict())
+    return (await load_customers_facts(session, customer_ids=[customer_id], as_of=as_of)).get(customer_id)
+
+
+async def load_customers_facts(
+    session: AsyncSession, *, customer_ids: Sequence[str], as_of: datetime
+) -> dict[str, CustomerFacts]:
+    """Facts of the given customers that have orders (the others are missing)."""
+    rows = await session.execute(
+        text(facts_sql(customer_filter=True)), {"as_of": as_of, "customer_ids": list(customer_ids)}
+    )
+    return {row.customer_id: CustomerFacts(**row._asdict()) for row in rows}
 
 
 async def build_facts_table(session: AsyncSession, *, as_of: datetime) -> int:

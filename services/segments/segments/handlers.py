@@ -24,30 +24,24 @@ def build_handlers(settings: SegmentsSettings) -> HandlerMap:
 
 
 def build_batch_handlers(settings: SegmentsSettings) -> BatchHandlerMap:
-    """Purchases, refunds and profiles: each event applied as alone, in order, sharing one BatchContext.
+    """Purchases, refunds and profiles, a batch at a time: facts in one statement, each customer re-scored once.
 
-    The per-customer work is exactly the one-event path; what the batch shares is only what it reads
-    alike (the base lock, active segments, cut-points, models), so a batch ends in the same state as
-    its events one by one. A failing event makes the consumer retry the batch one event at a time.
+    A batch ends in the state its events one by one would leave (the newest profile wins, facts are
+    kept once by their ids); membership events describe the state after the batch. A failing event
+    makes the consumer retry the batch one event at a time.
     """
 
     async def record_purchases(session: AsyncSession, events: Sequence[Envelope]) -> None:
-        context = service.BatchContext()
-        for event in events:
-            purchase = PurchaseCompleted.model_validate(event.data)
-            await service.record_purchase(session, purchase=purchase, settings=settings, context=context)
+        purchases = [PurchaseCompleted.model_validate(event.data) for event in events]
+        await service.record_purchases(session, purchases=purchases, settings=settings)
 
     async def record_refunds(session: AsyncSession, events: Sequence[Envelope]) -> None:
-        context = service.BatchContext()
-        for event in events:
-            refund = PurchaseRefunded.model_validate(event.data)
-            await service.record_refund(session, refund=refund, settings=settings, context=context)
+        refunds = [PurchaseRefunded.model_validate(event.data) for event in events]
+        await service.record_refunds(session, refunds=refunds, settings=settings)
 
     async def update_profile_segments(session: AsyncSession, events: Sequence[Envelope]) -> None:
-        context = service.BatchContext()
-        for event in events:
-            update = ProfileUpdated.model_validate(event.data)
-            await service.record_profile(session, update=update, settings=settings, context=context)
+        updates = [ProfileUpdated.model_validate(event.data) for event in events]
+        await service.record_profiles(session, updates=updates, settings=settings)
 
     return {
         "purchase.completed": record_purchases,

@@ -51,11 +51,11 @@ _TEMPLATE_COLUMNS = ("segment_id", "type", *(f"part{i}" for i in range(PART_COUN
 
 def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True) -> str:
     """`targets_sql` yields (segment_id, customer_id, reason) for the segments in :segment_ids."""
-    only_customer = "AND m.customer_id = :customer_id" if customer_filter else ""
+    only_customer = "AND m.customer_id = ANY(CAST(:customer_ids AS text[]))" if customer_filter else ""
     # A whole-base diff runs under the exclusive base lock, so the anti-join below is exact: no other
     # writer can add a member meanwhile, and its targets are unique per (segment, customer) by
     # construction. It skips the speculative insertion ON CONFLICT costs per row (a duplicate would
-    # fail the whole statement, never publish twice). A one-customer update only holds the shared lock.
+    # fail the whole statement, never publish twice). A few customers' update only holds the shared lock.
     on_conflict = "ON CONFLICT DO NOTHING" if customer_filter else ""
     # Payloads are the envelope templates of envelopes.py filled in per row (a recompute may publish millions).
     payload = payload_sql(
@@ -157,11 +157,11 @@ async def apply_memberships(
     targets_sql: str,
     params: Mapping[str, Any],
     at: datetime,
-    customer_id: str | None = None,
+    customer_ids: Sequence[str] | None = None,
     segments: Sequence[SegmentLabels] | None = None,
     materialize: bool = True,
 ) -> Changes:
-    """Make the members of `segment_ids` (all customers, or just `customer_id`) be `targets_sql`.
+    """Make the members of `segment_ids` (all customers, or just `customer_ids`) be `targets_sql`.
 
     `segments`, when the caller has them loaded in this transaction, saves reading their names again.
     `materialize=False` when `targets_sql` only reads a table: it is scanned twice instead of copied.
@@ -176,13 +176,13 @@ async def apply_memberships(
         "topic": SEGMENT_MEMBERSHIP,
         **await _template_params(session, segment_ids, segments),
     }
-    if customer_id is not None:
-        values["customer_id"] = customer_id
+    if customer_ids is not None:
+        values["customer_ids"] = sorted(customer_ids)
     else:
         await lock_whole_base(session)
         # Whole-base diffs must hash-join: a nested loop re-scanning the table being filled is quadratic.
         await session.execute(text("SET LOCAL enable_nestloop = off"))
-    row = (await session.execute(text(_diff_sql(targets_sql, customer_id is not None, materialize)), values)).one()
+    row = (await session.execute(text(_diff_sql(targets_sql, customer_ids is not None, materialize)), values)).one()
     return Changes(int(row.entered), int(row.exited))
 
 
@@ -196,16 +196,38 @@ async def apply_customer_memberships(
     segments: Sequence[SegmentLabels] | None = None,
 ) -> Changes:
     """One customer: `wanted` maps each segment (of `segment_ids`) they belong to now to the reason."""
+    return await apply_customers_memberships(
+        session, wanted={customer_id: wanted}, segment_ids=segment_ids, at=at, segments=segments
+    )
+
+
+async def apply_customers_memberships(
+    session: AsyncSession,
+    *,
+    wanted: Mapping[str, Mapping[str, str]],
+    segment_ids: Sequence[str],
+    at: datetime,
+    segments: Sequence[SegmentLabels] | None = None,
+) -> Changes:
+    """Some customers: `wanted[customer][segment]` is the reason each belongs to each segment now.
+
+    Every customer in `wanted` leaves the segments of `segment_ids` missing from their mapping.
+    """
+    rows = [(segment_id, customer, reason) for customer, own in wanted.items() for segment_id, reason in own.items()]
     targets = (
-        "SELECT w.segment_id, CAST(:customer_id AS text) AS customer_id, w.reason "
-        "FROM unnest(CAST(:wanted_ids AS text[]), CAST(:wanted_reasons AS text[])) AS w(segment_id, reason)"
+        "SELECT w.segment_id, w.customer_id, w.reason FROM unnest(CAST(:wanted_segments AS text[]),"
+        " CAST(:wanted_customers AS text[]), CAST(:wanted_reasons AS text[])) AS w(segment_id, customer_id, reason)"
     )
     return await apply_memberships(
         session,
         segment_ids=segment_ids,
         targets_sql=targets,
-        params={"wanted_ids": list(wanted), "wanted_reasons": list(wanted.values())},
+        params={
+            "wanted_segments": [r[0] for r in rows],
+            "wanted_customers": [r[1] for r in rows],
+            "wanted_reasons": [r[2] for r in rows],
+        },
         at=at,
-        customer_id=customer_id,
+        customer_ids=list(wanted),
         segments=segments,
     )

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Row, delete, literal, select, text
+from sqlalchemy import Row, delete, literal_column, select, text
 from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from segments import clusters, clv, rfm, rules
 from segments.config import SegmentsSettings
 from segments.events import ErasureRequested, ProfileUpdated, PurchaseCompleted, PurchaseRefunded
-from segments.facts import CustomerFacts, build_facts_table, facts_sql, load_customer_facts
-from segments.membership import Changes, apply_customer_memberships, apply_memberships, lock_for_one_customer
+from segments.facts import CustomerFacts, build_facts_table, facts_sql, load_customer_facts, load_customers_facts
+from segments.membership import (
+    Changes,
+    apply_customer_memberships,
+    apply_customers_memberships,
+    apply_memberships,
+    lock_for_one_customer,
+)
 from segments.models import (
     ClusterModel,
     ClvModel,
@@ -67,6 +73,14 @@ class BatchContext:
     def __init__(self) -> None:
         self._locked = False
         self._loaded: dict[str, Any] = {}
+        self._rules: dict[str, tuple[rules.Rule, str]] = {}
+
+    def rule_of(self, segment: Segment, max_nodes: int) -> tuple[rules.Rule, str]:
+        """A rule segment's parsed rule and its description, parsed once per batch."""
+        if segment.id not in self._rules:
+            parsed = rules.parse_rule(segment.rule, max_nodes=max_nodes)
+            self._rules[segment.id] = (parsed, rules.describe(parsed))
+        return self._rules[segment.id]
 
     async def lock(self, session: AsyncSession) -> None:
         if not self._locked:
@@ -106,20 +120,56 @@ class BatchContext:
 
 
 # --- inputs -----------------------------------------------------------------------------------
+# Each takes a batch (a consumed batch of one event type, or a list of one): the facts go in with
+# one statement, then every customer whose facts really changed is re-scored once. A batch ends in
+# the state its events one by one would leave; a customer who would enter and leave a segment within
+# one batch publishes neither (membership events describe the state after each batch).
 
 
-async def _ensure_customer(session: AsyncSession, customer_id: str) -> None:
-    await session.execute(insert(Customer).values(customer_id=customer_id).on_conflict_do_nothing())
+async def _ensure_customers(session: AsyncSession, customer_ids: Sequence[str]) -> None:
+    await session.execute(
+        text("INSERT INTO customers (customer_id) SELECT unnest(CAST(:ids AS text[])) ON CONFLICT DO NOTHING"),
+        {"ids": sorted(set(customer_ids))},
+    )
 
 
-async def _record_once(
-    session: AsyncSession, *, customer_id: str, fact: Insert, settings: SegmentsSettings, context: BatchContext | None
+async def _record_new_facts(
+    session: AsyncSession,
+    *,
+    customer_ids: Sequence[str],
+    facts: Insert,
+    settings: SegmentsSettings,
+    context: BatchContext | None,
 ) -> Changes:
-    """Keep a fact once (its own id is the key), then bring the customer's scores and segments up to date."""
-    await _ensure_customer(session, customer_id)
-    if (await session.execute(fact.on_conflict_do_nothing().returning(literal(1)))).scalar() is None:
-        return Changes()  # seen before: a redelivery changes nothing
-    return await refresh_customer(session, customer_id=customer_id, settings=settings, context=context)
+    """Keep each fact once (its own id is the key), then bring the customers with new facts up to date."""
+    if not customer_ids:
+        return Changes()
+    await _ensure_customers(session, customer_ids)
+    returning: Any = facts.on_conflict_do_nothing().returning(literal_column("customer_id"))
+    changed: set[str] = set((await session.execute(returning)).scalars())
+    return await refresh_customers(session, customer_ids=sorted(changed), settings=settings, context=context)
+
+
+async def record_purchases(
+    session: AsyncSession,
+    *,
+    purchases: Sequence[PurchaseCompleted],
+    settings: SegmentsSettings,
+    context: BatchContext | None = None,
+) -> Changes:
+    rows = [
+        {
+            "order_id": p.order_id,
+            "customer_id": p.customer_id,
+            "occurred_at": p.occurred_at,
+            "amount": p.total,
+            "currency": p.currency.upper(),
+        }
+        for p in purchases
+    ]
+    customers = [p.customer_id for p in purchases]
+    facts = insert(Order).values(rows)
+    return await _record_new_facts(session, customer_ids=customers, facts=facts, settings=settings, context=context)
 
 
 async def record_purchase(
@@ -129,54 +179,86 @@ async def record_purchase(
     settings: SegmentsSettings,
     context: BatchContext | None = None,
 ) -> Changes:
-    order = insert(Order).values(
-        order_id=purchase.order_id,
-        customer_id=purchase.customer_id,
-        occurred_at=purchase.occurred_at,
-        amount=purchase.total,
-        currency=purchase.currency.upper(),
-    )
-    return await _record_once(session, customer_id=purchase.customer_id, fact=order, settings=settings, context=context)
+    return await record_purchases(session, purchases=[purchase], settings=settings, context=context)
+
+
+async def record_refunds(
+    session: AsyncSession,
+    *,
+    refunds: Sequence[PurchaseRefunded],
+    settings: SegmentsSettings,
+    context: BatchContext | None = None,
+) -> Changes:
+    rows = [
+        {
+            "refund_id": r.refund_id,
+            "order_id": r.order_id,
+            "customer_id": r.customer_id,
+            "occurred_at": r.occurred_at,
+            "amount": r.amount,
+        }
+        for r in refunds
+    ]
+    customers = [r.customer_id for r in refunds]
+    facts = insert(Refund).values(rows)
+    return await _record_new_facts(session, customer_ids=customers, facts=facts, settings=settings, context=context)
 
 
 async def record_refund(
     session: AsyncSession, *, refund: PurchaseRefunded, settings: SegmentsSettings, context: BatchContext | None = None
 ) -> Changes:
-    row = insert(Refund).values(
-        refund_id=refund.refund_id,
-        order_id=refund.order_id,
-        customer_id=refund.customer_id,
-        occurred_at=refund.occurred_at,
-        amount=refund.amount,
+    return await record_refunds(session, refunds=[refund], settings=settings, context=context)
+
+
+async def record_profiles(
+    session: AsyncSession,
+    *,
+    updates: Sequence[ProfileUpdated],
+    settings: SegmentsSettings,
+    context: BatchContext | None = None,
+) -> Changes:
+    """Keep each customer's newest snapshot if it is newer than the one held (stale ones change nothing)."""
+    newest: dict[str, ProfileUpdated] = {}
+    for update in updates:
+        held = newest.get(update.customer_id)
+        if held is None or update.version > held.version:
+            newest[update.customer_id] = update
+    if not newest:
+        return Changes()
+    await _ensure_customers(session, list(newest))
+    now = datetime.now(UTC)
+    statement = insert(CustomerProfile).values(
+        [
+            {
+                "customer_id": u.customer_id,
+                "version": u.version,
+                "profile": u.profile,
+                "occurred_at": u.occurred_at,
+                "updated_at": now,
+            }
+            for _, u in sorted(newest.items())
+        ]
     )
-    return await _record_once(session, customer_id=refund.customer_id, fact=row, settings=settings, context=context)
+    applied = await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[CustomerProfile.customer_id],
+            set_={
+                "version": statement.excluded.version,
+                "profile": statement.excluded.profile,
+                "occurred_at": statement.excluded.occurred_at,
+                "updated_at": statement.excluded.updated_at,
+            },
+            where=statement.excluded.version > CustomerProfile.version,
+        ).returning(CustomerProfile.customer_id)
+    )
+    changed = sorted(set(applied.scalars()))
+    return await refresh_customers(session, customer_ids=changed, settings=settings, context=context)
 
 
 async def record_profile(
     session: AsyncSession, *, update: ProfileUpdated, settings: SegmentsSettings, context: BatchContext | None = None
 ) -> Changes:
-    """Keep the snapshot only if its version is newer than the one held (stale ones change nothing)."""
-    await _ensure_customer(session, update.customer_id)
-    statement = insert(CustomerProfile).values(
-        customer_id=update.customer_id, version=update.version, profile=update.profile, occurred_at=update.occurred_at
-    )
-    applied = (
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[CustomerProfile.customer_id],
-                set_={
-                    "version": statement.excluded.version,
-                    "profile": statement.excluded.profile,
-                    "occurred_at": statement.excluded.occurred_at,
-                    "updated_at": datetime.now(UTC),
-                },
-                where=statement.excluded.version > CustomerProfile.version,
-            ).returning(CustomerProfile.customer_id)
-        )
-    ).scalar()
-    if applied is None:
-        return Changes()
-    return await refresh_customer(session, customer_id=update.customer_id, settings=settings, context=context)
+    return await record_profiles(session, updates=[update], settings=settings, context=context)
 
 
 async def erase_customer(session: AsyncSession, *, request: ErasureRequested) -> None:
@@ -217,29 +299,52 @@ async def refresh_customer(
     at: datetime | None = None,
     context: BatchContext | None = None,
 ) -> Changes:
-    """Score one customer against the stored cut-points and models, and sync all their memberships.
+    """Score one customer against the stored cut-points and models, and sync all their memberships."""
+    return await refresh_customers(
+        session, customer_ids=[customer_id], settings=settings, as_of=as_of, at=at, context=context
+    )
 
-    `context` shares the lock, segments and models among the customers of one batch of events.
+
+async def refresh_customers(
+    session: AsyncSession,
+    *,
+    customer_ids: Sequence[str],
+    settings: SegmentsSettings,
+    as_of: datetime | None = None,
+    at: datetime | None = None,
+    context: BatchContext | None = None,
+) -> Changes:
+    """Score some customers against the stored cut-points and models, and sync all their memberships.
+
+    A handful of statements whatever the number of customers: facts, RFM, predictions, attributes
+    and the membership diff each read or write all of them at once. `context` shares the lock,
+    segments and models among the customers of one batch of events.
     """
+    if not customer_ids:
+        return Changes()
+    ids = sorted(set(customer_ids))  # one lock order for every writer
     as_of = as_of or datetime.now(UTC)
     at = at or datetime.now(UTC)
     context = context or BatchContext()
     await context.lock(session)
-    facts = await load_customer_facts(session, customer_id=customer_id, as_of=as_of)
-    await _score_rfm(session, customer_id=customer_id, facts=facts, as_of=as_of, context=context)
-    model = await _predict(session, customer_id=customer_id, facts=facts, settings=settings, at=at, context=context)
-    attributes = await customer_attributes(session, customer_id=customer_id)
+    facts = await load_customers_facts(session, customer_ids=ids, as_of=as_of)
+    await _score_rfm(session, customer_ids=ids, facts=facts, as_of=as_of, context=context)
+    model = await _predict(session, customer_ids=ids, facts=facts, settings=settings, at=at, context=context)
+    attributes = await customers_attributes(session, customer_ids=ids)
     active = await context.active_segments(session)
-    cluster = _cluster_of(await context.cluster_model(session), facts) if facts is not None else None
-    wanted: dict[str, str] = dict([cluster] if cluster else [])
-    for segment in active:
-        reason = _match(segment, attributes, model, settings, as_of)
-        if reason is not None:
-            wanted[segment.id] = reason
+    cluster_of = _clusters_of(await context.cluster_model(session), list(facts.values()))
+    wanted: dict[str, dict[str, str]] = {}
+    for customer_id in ids:
+        own = dict([cluster_of[customer_id]] if customer_id in cluster_of else [])
+        for segment in active:
+            reason = _match(segment, attributes.get(customer_id, {}), model, settings, as_of, context)
+            if reason is not None:
+                own[segment.id] = reason
+        wanted[customer_id] = own
     live = {s.id for s in active}
-    wanted = {segment_id: reason for segment_id, reason in wanted.items() if segment_id in live}
-    return await apply_customer_memberships(
-        session, customer_id=customer_id, segment_ids=[s.id for s in active], wanted=wanted, at=at, segments=active
+    wanted = {c: {sid: why for sid, why in own.items() if sid in live} for c, own in wanted.items()}
+    return await apply_customers_memberships(
+        session, wanted=wanted, segment_ids=[s.id for s in active], at=at, segments=active
     )
 
 
@@ -249,6 +354,7 @@ def _match(
     model: ClvModel | None,
     settings: SegmentsSettings,
     as_of: datetime,
+    context: BatchContext,
 ) -> str | None:
     """The reason the customer belongs to `segment` now, or None; mirrors the SQL of recompute.py."""
     if segment.kind == "rfm":
@@ -257,8 +363,8 @@ def _match(
         a = attributes
         return f"R{a['r_score']} F{a['f_score']} M{a['m_score']}: {a['rfm_segment']}"
     if segment.kind == "rule":
-        parsed = rules.parse_rule(segment.rule, max_nodes=settings.max_rule_nodes)
-        return "matches " + rules.describe(parsed) if rules.evaluate(parsed, attributes, as_of=as_of) else None
+        parsed, described = context.rule_of(segment, settings.max_rule_nodes)
+        return "matches " + described if rules.evaluate(parsed, attributes, as_of=as_of) else None
     if segment.kind == "predictive":
         return _predictive_reason(segment.id, attributes, model, settings)
     return None  # clusters: see _cluster_of
@@ -277,36 +383,51 @@ def _predictive_reason(
     return None
 
 
-def _cluster_of(model: ClusterModel | None, facts: CustomerFacts) -> tuple[str, str] | None:
-    """The cluster segment whose centre is nearest (the last fit's scaler and centres) and why."""
-    if model is None:
-        return None
+def _clusters_of(model: ClusterModel | None, facts: Sequence[CustomerFacts]) -> dict[str, tuple[str, str]]:
+    """Per customer, the cluster segment whose centre is nearest (the last fit's scaler and centres) and why."""
+    if model is None or not facts:
+        return {}
     raw = clusters.feature_matrix(
-        np.array([facts.recency_days], dtype=np.float64),
-        np.array([facts.frequency], dtype=np.float64),
-        np.array([float(facts.monetary)]),
-        np.array([facts.tenure_days], dtype=np.float64),
+        np.array([f.recency_days for f in facts], dtype=np.float64),
+        np.array([f.frequency for f in facts], dtype=np.float64),
+        np.array([float(f.monetary) for f in facts]),
+        np.array([f.tenure_days for f in facts], dtype=np.float64),
     )
     clustering = clustering_of(model)
-    label = int(clustering.assign(raw)[0])
-    return model.segment_ids[label], f"closest to the centre of: {clusters.describe(clustering.centres[label])}"
+    labels = clustering.assign(raw)
+    why = [f"closest to the centre of: {clusters.describe(centre)}" for centre in clustering.centres]
+    return {
+        f.customer_id: (model.segment_ids[int(label)], why[int(label)]) for f, label in zip(facts, labels, strict=True)
+    }
 
 
 async def _score_rfm(
-    session: AsyncSession, *, customer_id: str, facts: CustomerFacts | None, as_of: datetime, context: BatchContext
+    session: AsyncSession,
+    *,
+    customer_ids: Sequence[str],
+    facts: Mapping[str, CustomerFacts],
+    as_of: datetime,
+    context: BatchContext,
 ) -> None:
     cuts = await context.cut_points(session)
-    if cuts is None and facts is not None:
+    if cuts is None and facts:
         # Before the first full recompute (a new system) the base is small: take its cut-points now.
         everyone = f"({facts_sql(customer_filter=False)}) AS base"
         cuts = await store_cut_points(session, as_of=as_of, facts=everyone)
         context.stored_cut_points(cuts)
-    if facts is None or cuts is None:
-        await session.execute(delete(RfmScore).where(RfmScore.customer_id == customer_id))
+    unscored = [c for c in customer_ids if cuts is None or c not in facts]
+    if unscored:
+        await session.execute(delete(RfmScore).where(RfmScore.customer_id.in_(unscored)))
+    if cuts is None or not facts:
         return
-    values = rfm_values(facts, cuts, as_of)
-    statement = insert(RfmScore).values(customer_id=customer_id, **values)
-    await session.execute(statement.on_conflict_do_update(index_elements=[RfmScore.customer_id], set_=values))
+    rows = [{"customer_id": c, **rfm_values(facts[c], cuts, as_of)} for c in customer_ids if c in facts]
+    statement = insert(RfmScore).values(rows)
+    columns = [k for k in rows[0] if k != "customer_id"]
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[RfmScore.customer_id], set_={k: statement.excluded[k] for k in columns}
+        )
+    )
 
 
 def rfm_values(facts: CustomerFacts, cuts: RfmCutPoints, as_of: datetime) -> dict[str, Any]:
@@ -344,48 +465,48 @@ async def active_clv_model(session: AsyncSession) -> ClvModel | None:
 async def _predict(
     session: AsyncSession,
     *,
-    customer_id: str,
-    facts: CustomerFacts | None,
+    customer_ids: Sequence[str],
+    facts: Mapping[str, CustomerFacts],
     settings: SegmentsSettings,
     at: datetime,
     context: BatchContext,
 ) -> ClvModel | None:
     model = await context.clv_model(session)
-    if facts is None:
-        await session.execute(delete(Prediction).where(Prediction.customer_id == customer_id))
+    without_orders = [c for c in customer_ids if c not in facts]
+    if without_orders:
+        await session.execute(delete(Prediction).where(Prediction.customer_id.in_(without_orders)))
+    if model is None or not facts:
         return model
-    if model is None:
-        return None
-    x = np.array([facts.repeat_days], dtype=np.float64)
-    m_x = np.array([float(facts.repeat_spend) / facts.repeat_days if facts.repeat_days else 0.0])
+    ids = [c for c in customer_ids if c in facts]
+    rows = [facts[c] for c in ids]
+    x = np.array([f.repeat_days for f in rows], dtype=np.float64)
+    m_x = np.array([float(f.repeat_spend) / f.repeat_days if f.repeat_days else 0.0 for f in rows])
     predicted = clv.predict(
         clv.BgNbd(model.r, model.alpha_days, model.a, model.b),
         clv.GammaGamma(model.p, model.q, model.gamma) if model.p and model.q and model.gamma else None,
         x=x,
-        t_x=np.array([facts.tenure_days - facts.recency_days], dtype=np.float64),
-        T=np.array([facts.tenure_days], dtype=np.float64),
+        t_x=np.array([f.tenure_days - f.recency_days for f in rows], dtype=np.float64),
+        T=np.array([f.tenure_days for f in rows], dtype=np.float64),
         m_x=m_x,
         purchases_days=settings.expected_purchases_days,
         horizon_days=settings.clv_horizon_days,
         annual_discount_rate=settings.annual_discount_rate,
     )
-    await write_predictions(session, ids=[customer_id], predicted=predicted, model_id=model.id, at=at)
+    await write_predictions(session, ids=ids, predicted=predicted, model_id=model.id, at=at)
     return model
 
 
 async def customer_attributes(session: AsyncSession, *, customer_id: str) -> dict[str, Any]:
     """The customer_attributes row rules read (empty if segments never heard of the customer)."""
-    row = (
-        (
-            await session.execute(
-                text("SELECT * FROM customer_attributes WHERE customer_id = :id").columns(profile=JSONB),
-                {"id": customer_id},
-            )
-        )
-        .mappings()
-        .first()
+    return (await customers_attributes(session, customer_ids=[customer_id])).get(customer_id, {})
+
+
+async def customers_attributes(session: AsyncSession, *, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    rows = await session.execute(
+        text("SELECT * FROM customer_attributes WHERE customer_id = ANY(CAST(:ids AS text[]))").columns(profile=JSONB),
+        {"ids": list(customer_ids)},
     )
-    return dict(row) if row is not None else {}
+    return {row["customer_id"]: dict(row) for row in rows.mappings()}
 
 
 # --- reads ------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Row, delete, literal_column, select, text
-from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
+import orjson
+from sqlalchemy import Row, delete, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from segments import clusters, clv, rfm, rules
@@ -133,11 +134,52 @@ async def _ensure_customers(session: AsyncSession, customer_ids: Sequence[str]) 
     )
 
 
+# Fact inserts from arrays: one statement text whatever the batch size (a multi-row VALUES would
+# be compiled again for every size, which cost more than the insert itself).
+_INSERT_ORDERS = """
+    INSERT INTO orders (order_id, customer_id, occurred_at, amount, currency)
+    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:customers AS text[]), CAST(:times AS timestamptz[]),
+                         CAST(:amounts AS numeric[]), CAST(:currencies AS text[]))
+    ON CONFLICT DO NOTHING RETURNING customer_id
+"""
+_INSERT_REFUNDS = """
+    INSERT INTO refunds (refund_id, order_id, customer_id, occurred_at, amount)
+    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:orders AS text[]), CAST(:customers AS text[]),
+                         CAST(:times AS timestamptz[]), CAST(:amounts AS numeric[]))
+    ON CONFLICT DO NOTHING RETURNING customer_id
+"""
+_UPSERT_PROFILES = """
+    INSERT INTO customer_profiles AS p (customer_id, version, profile, occurred_at, updated_at)
+    SELECT u.customer_id, u.version, CAST(u.profile AS jsonb), u.occurred_at, CAST(:now AS timestamptz)
+    FROM unnest(CAST(:customers AS text[]), CAST(:versions AS bigint[]), CAST(:profiles AS text[]),
+                CAST(:times AS timestamptz[])) AS u(customer_id, version, profile, occurred_at)
+    ON CONFLICT (customer_id) DO UPDATE SET
+        version = EXCLUDED.version, profile = EXCLUDED.profile, occurred_at = EXCLUDED.occurred_at,
+        updated_at = EXCLUDED.updated_at
+    WHERE EXCLUDED.version > p.version
+    RETURNING p.customer_id
+"""
+_UPSERT_RFM = """
+    INSERT INTO rfm_scores (customer_id, as_of, recency_days, frequency, monetary, r_score, f_score, m_score,
+                            rfm_segment)
+    SELECT u.customer_id, CAST(:as_of AS timestamptz), u.recency_days, u.frequency, u.monetary, u.r, u.f, u.m,
+           u.segment
+    FROM unnest(CAST(:customers AS text[]), CAST(:recency AS int[]), CAST(:frequency AS int[]),
+                CAST(:monetary AS numeric[]), CAST(:r AS smallint[]), CAST(:f AS smallint[]), CAST(:m AS smallint[]),
+                CAST(:segments AS text[])) AS u(customer_id, recency_days, frequency, monetary, r, f, m, segment)
+    ON CONFLICT (customer_id) DO UPDATE SET
+        as_of = EXCLUDED.as_of, recency_days = EXCLUDED.recency_days, frequency = EXCLUDED.frequency,
+        monetary = EXCLUDED.monetary, r_score = EXCLUDED.r_score, f_score = EXCLUDED.f_score,
+        m_score = EXCLUDED.m_score, rfm_segment = EXCLUDED.rfm_segment
+"""
+
+
 async def _record_new_facts(
     session: AsyncSession,
     *,
     customer_ids: Sequence[str],
-    facts: Insert,
+    insert_sql: str,
+    params: dict[str, Any],
     settings: SegmentsSettings,
     context: BatchContext | None,
 ) -> Changes:
@@ -145,8 +187,7 @@ async def _record_new_facts(
     if not customer_ids:
         return Changes()
     await _ensure_customers(session, customer_ids)
-    returning: Any = facts.on_conflict_do_nothing().returning(literal_column("customer_id"))
-    changed: set[str] = set((await session.execute(returning)).scalars())
+    changed: set[str] = set((await session.execute(text(insert_sql), params)).scalars())
     return await refresh_customers(session, customer_ids=sorted(changed), settings=settings, context=context)
 
 
@@ -157,19 +198,21 @@ async def record_purchases(
     settings: SegmentsSettings,
     context: BatchContext | None = None,
 ) -> Changes:
-    rows = [
-        {
-            "order_id": p.order_id,
-            "customer_id": p.customer_id,
-            "occurred_at": p.occurred_at,
-            "amount": p.total,
-            "currency": p.currency.upper(),
-        }
-        for p in purchases
-    ]
-    customers = [p.customer_id for p in purchases]
-    facts = insert(Order).values(rows)
-    return await _record_new_facts(session, customer_ids=customers, facts=facts, settings=settings, context=context)
+    params = {
+        "ids": [p.order_id for p in purchases],
+        "customers": [p.customer_id for p in purchases],
+        "times": [p.occurred_at for p in purchases],
+        "amounts": [p.total for p in purchases],
+        "currencies": [p.currency.upper() for p in purchases],
+    }
+    return await _record_new_facts(
+        session,
+        customer_ids=[p.customer_id for p in purchases],
+        insert_sql=_INSERT_ORDERS,
+        params=params,
+        settings=settings,
+        context=context,
+    )
 
 
 async def record_purchase(
@@ -189,19 +232,21 @@ async def record_refunds(
     settings: SegmentsSettings,
     context: BatchContext | None = None,
 ) -> Changes:
-    rows = [
-        {
-            "refund_id": r.refund_id,
-            "order_id": r.order_id,
-            "customer_id": r.customer_id,
-            "occurred_at": r.occurred_at,
-            "amount": r.amount,
-        }
-        for r in refunds
-    ]
-    customers = [r.customer_id for r in refunds]
-    facts = insert(Refund).values(rows)
-    return await _record_new_facts(session, customer_ids=customers, facts=facts, settings=settings, context=context)
+    params = {
+        "ids": [r.refund_id for r in refunds],
+        "orders": [r.order_id for r in refunds],
+        "customers": [r.customer_id for r in refunds],
+        "times": [r.occurred_at for r in refunds],
+        "amounts": [r.amount for r in refunds],
+    }
+    return await _record_new_facts(
+        session,
+        customer_ids=[r.customer_id for r in refunds],
+        insert_sql=_INSERT_REFUNDS,
+        params=params,
+        settings=settings,
+        context=context,
+    )
 
 
 async def record_refund(
@@ -226,30 +271,16 @@ async def record_profiles(
     if not newest:
         return Changes()
     await _ensure_customers(session, list(newest))
-    now = datetime.now(UTC)
-    statement = insert(CustomerProfile).values(
-        [
-            {
-                "customer_id": u.customer_id,
-                "version": u.version,
-                "profile": u.profile,
-                "occurred_at": u.occurred_at,
-                "updated_at": now,
-            }
-            for _, u in sorted(newest.items())
-        ]
-    )
+    chosen = [update for _, update in sorted(newest.items())]
     applied = await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[CustomerProfile.customer_id],
-            set_={
-                "version": statement.excluded.version,
-                "profile": statement.excluded.profile,
-                "occurred_at": statement.excluded.occurred_at,
-                "updated_at": statement.excluded.updated_at,
-            },
-            where=statement.excluded.version > CustomerProfile.version,
-        ).returning(CustomerProfile.customer_id)
+        text(_UPSERT_PROFILES),
+        {
+            "customers": [u.customer_id for u in chosen],
+            "versions": [u.version for u in chosen],
+            "profiles": [orjson.dumps(u.profile, default=str).decode() for u in chosen],
+            "times": [u.occurred_at for u in chosen],
+            "now": datetime.now(UTC),
+        },
     )
     changed = sorted(set(applied.scalars()))
     return await refresh_customers(session, customer_ids=changed, settings=settings, context=context)
@@ -420,13 +451,21 @@ async def _score_rfm(
         await session.execute(delete(RfmScore).where(RfmScore.customer_id.in_(unscored)))
     if cuts is None or not facts:
         return
-    rows = [{"customer_id": c, **rfm_values(facts[c], cuts, as_of)} for c in customer_ids if c in facts]
-    statement = insert(RfmScore).values(rows)
-    columns = [k for k in rows[0] if k != "customer_id"]
+    scored = [c for c in customer_ids if c in facts]
+    rows = [rfm_values(facts[c], cuts, as_of) for c in scored]
     await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[RfmScore.customer_id], set_={k: statement.excluded[k] for k in columns}
-        )
+        text(_UPSERT_RFM),
+        {
+            "as_of": as_of,
+            "customers": scored,
+            "recency": [r["recency_days"] for r in rows],
+            "frequency": [r["frequency"] for r in rows],
+            "monetary": [r["monetary"] for r in rows],
+            "r": [r["r_score"] for r in rows],
+            "f": [r["f_score"] for r in rows],
+            "m": [r["m_score"] for r in rows],
+            "segments": [r["rfm_segment"] for r in rows],
+        },
     )
 
 

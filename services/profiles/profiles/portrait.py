@@ -158,13 +158,15 @@ def profile_snapshot(
 async def top_categories(
     conn: asyncpg.Connection, customer_ids: Sequence[str], *, settings: ProfilesSettings
 ) -> dict[str, list[str]]:
+    # Per customer through the primary key: with `customer_id = any($1)`, the cached generic plan
+    # scanned every category row by (kind, key), slower as the table grew (125 ms for 500 customers).
     rows = await conn.fetch(
         """
-        select customer_id, key from (
-            select customer_id, key, row_number() over (
-                partition by customer_id order by purchased * $2::numeric + views * $3::numeric desc, key) as rank
-            from affinities where customer_id = any($1::text[]) and kind = 'category') ranked
-        where rank <= $4 order by customer_id, rank
+        select u.customer_id, a.key from unnest($1::text[]) as u(customer_id)
+        cross join lateral (
+            select key, purchased * $2::numeric + views * $3::numeric as score from affinities
+            where customer_id = u.customer_id and kind = 'category' order by score desc, key limit $4) a
+        order by u.customer_id, a.score desc, a.key
         """,
         list(customer_ids),
         settings.purchase_weight,

@@ -2,8 +2,10 @@
 
 Bodies are parsed with orjson and validated event by event (not by FastAPI's body binding), so
 field and cross-field errors come back together and a batch can reject events one at a time.
-The routes use a plain asyncpg connection and answer with bytes orjson built: the response
-models document the answers but are not built per request.
+The routes use asyncpg's pool (small requests store through the shared GroupedWriter, holding no
+connection while they wait) and answer with bytes orjson built: the response models document the
+answers but are not built per request. The key check is called, not declared as a dependency:
+FastAPI's dependency solving cost more than the check itself.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ from ingest.schemas import (
     PurchaseIn,
     RefundIn,
 )
-from ingest.service import EventResult, ingest_events, source_of_key
+from ingest.service import Database, EventResult, GroupedWriter, ingest_events, source_of_key
 from shared.auth import ApiKeyPrincipal, require_scope
-from shared.db import PgDep
 from shared.errors import FieldError, as_validation_errors
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
-Writer = Annotated[ApiKeyPrincipal, Depends(require_scope("ingest:write"))]
+authorise_writer = require_scope("ingest:write")
+Writer = Annotated[ApiKeyPrincipal, Depends(authorise_writer)]  # for the routes that are not hot
 DUPLICATE: dict[int | str, dict[str, Any]] = {
     200: {"model": EventAccepted, "description": "Already accepted: nothing published again"}
 }
@@ -56,12 +58,21 @@ def limits(settings: IngestSettings) -> Limits:
     )
 
 
-async def source_for(request: Request, connection: asyncpg.Connection, principal: ApiKeyPrincipal) -> str:
+def database(request: Request) -> tuple[asyncpg.Pool, GroupedWriter]:
+    """The pool and the writer that groups concurrent requests' stores (one per pool, made on first use)."""
+    pool: asyncpg.Pool = request.app.state.runtime.pg_pool
+    writer: GroupedWriter | None = request.app.state.event_writer
+    if writer is None or writer.pool is not pool:
+        writer = request.app.state.event_writer = GroupedWriter(pool)
+    return pool, writer
+
+
+async def source_for(request: Request, db: Database, principal: ApiKeyPrincipal) -> str:
     """The principal's source name; a key's source never changes, so it is cached for the process."""
     cache: dict[str, str] = request.app.state.key_sources
     source = cache.get(principal.key_id)
     if source is None:
-        source = await source_of_key(connection, key_id=principal.key_id)
+        source = await source_of_key(db, key_id=principal.key_id)
         if len(cache) > 10_000:
             cache.clear()
         cache[principal.key_id] = source
@@ -89,15 +100,18 @@ def json_response(content: Any, status_code: int) -> Response:
 def single_event_route(kind: str) -> Callable[..., Awaitable[Response]]:
     """The route for one event of a kind: 202 accepted, 200 duplicate, 422 naming each bad field."""
 
-    async def accept(request: Request, principal: Writer, connection: PgDep) -> Response:
+    async def accept(request: Request) -> Response:
+        principal = await authorise_writer(request)
         settings = settings_of(request)
         raw = await read_json(request)
+        pool, writer = database(request)
         [result] = await ingest_events(
-            connection,
-            source=await source_for(request, connection, principal),
+            pool,
+            source=await source_for(request, pool, principal),
             events_in=[(kind, raw)],
             limits=limits(settings),
             max_message_bytes=settings.max_message_bytes,
+            writer=writer,
         )
         if result.status == "rejected":
             raise RequestValidationError(as_validation_errors(result.errors))
@@ -132,7 +146,8 @@ for _path, _kind, _model in (
     responses={413: {"description": "Over the event count or body size limit"}},
     openapi_extra=_documented_body(BatchIn),
 )
-async def post_batch(request: Request, principal: Writer, connection: PgDep) -> Response:
+async def post_batch(request: Request) -> Response:
+    principal = await authorise_writer(request)
     settings = settings_of(request)
     body = await read_json(request)
     batch = body.get("events") if isinstance(body, dict) else None
@@ -141,12 +156,14 @@ async def post_batch(request: Request, principal: Writer, connection: PgDep) -> 
         raise RequestValidationError(as_validation_errors(errors))
     if len(batch) > settings.batch_max_events:
         raise HTTPException(413, f"a batch holds at most {settings.batch_max_events} events")
+    pool, writer = database(request)
     results = await ingest_events(
-        connection,
-        source=await source_for(request, connection, principal),
+        pool,
+        source=await source_for(request, pool, principal),
         events_in=[(raw.get("kind") if isinstance(raw, dict) else None, raw) for raw in batch],
         limits=limits(settings),
         max_message_bytes=settings.max_message_bytes,
+        writer=writer,
     )
     return json_response(batch_result(results), status.HTTP_200_OK)
 

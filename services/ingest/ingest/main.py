@@ -30,6 +30,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         body_limit_exempt=["/v1/imports"],
     )
     app.state.key_sources = {}
+    app.state.event_writer = None  # made on the first request, once the pool exists
     _document_bodies(app)
     return app
 

@@ -4,18 +4,18 @@ One code path for a single event and a batch: validate each event on its own, pr
 against their orders, then write every good event with one set-based statement that also
 fills the outbox. A bad event is reported, never sinks the others.
 
-The hot path runs on a plain asyncpg connection: a request without refunds is one statement
-(so one round trip and its own transaction); refunds lock and read their orders first, in one
-transaction with the store.
+The hot path runs on plain asyncpg: a request without refunds is one statement (so one round
+trip and its own transaction), and concurrent small requests share that statement (GroupedWriter);
+refunds lock and read their orders first, in one transaction with the store.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import asyncpg
 from sqlalchemy import text
@@ -106,15 +106,26 @@ class _Checked:
     model: EventModel
 
 
+# An asyncpg connection, or a pool (each query on a connection of its own).
+Database: TypeAlias = asyncpg.Connection | asyncpg.Pool
+# event_id -> (the envelope id it has, whether this statement stored it)
+Answers = dict[str, tuple[str | None, bool]]
+
+
 async def ingest_events(
-    connection: asyncpg.Connection,
+    db: Database,
     *,
     source: str,
     events_in: Sequence[tuple[str | None, object]],
     limits: Limits,
     max_message_bytes: int,
+    writer: GroupedWriter | None = None,
 ) -> list[EventResult]:
-    """Each (kind, raw event) accepted, found a duplicate, or rejected with its errors."""
+    """Each (kind, raw event) accepted, found a duplicate, or rejected with its errors.
+
+    With a writer, a request without refunds stores through it (db is then best a pool: no
+    connection is held while the shared statement runs).
+    """
     results: list[EventResult] = []
     checked: list[_Checked] = []
     for index, (kind, raw) in enumerate(events_in):
@@ -130,19 +141,26 @@ async def ingest_events(
             checked.append(_Checked(result, model))
     # Refunds lock and read their orders first: in one transaction with the store. Otherwise the
     # store is a single statement, its own transaction.
-    refunds = any(type(c.model) is RefundIn for c in checked)
-    async with connection.transaction() if refunds else contextlib.nullcontext():
-        await _accept(connection, source=source, results=results, checked=checked, max_bytes=max_message_bytes)
+    if not any(type(c.model) is RefundIn for c in checked):
+        await _accept(db, source=source, results=results, checked=checked, max_bytes=max_message_bytes, writer=writer)
+        return results
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as connection, connection.transaction():
+            await _accept(connection, source=source, results=results, checked=checked, max_bytes=max_message_bytes)
+    else:
+        async with db.transaction():
+            await _accept(db, source=source, results=results, checked=checked, max_bytes=max_message_bytes)
     return results
 
 
 async def _accept(
-    connection: asyncpg.Connection,
+    connection: Database,
     *,
     source: str,
     results: list[EventResult],
     checked: list[_Checked],
     max_bytes: int,
+    writer: GroupedWriter | None = None,
 ) -> None:
     # A repeat answers "duplicate" whatever its body: a refund is not priced against its own first
     # copy, and a rejected body whose event_id was accepted before is not an error.
@@ -155,7 +173,7 @@ async def _accept(
             result.status, result.id, result.errors = "duplicate", known[result.event_id], []
     prepared = await _prepare_all(connection, checked=checked, known=known)
     storable = [(c, p) for c, p in prepared if _fits(c.result, p, max_bytes)]
-    await _store(connection, source=source, prepared=storable)
+    await _store(connection, source=source, prepared=storable, writer=writer)
 
 
 def _event_id_of(raw: object) -> str | None:
@@ -172,7 +190,7 @@ def _fits(result: EventResult, event: PreparedEvent, max_message_bytes: int) -> 
 
 
 async def _prepare_all(
-    connection: asyncpg.Connection, *, checked: list[_Checked], known: dict[str, str]
+    connection: Database, *, checked: list[_Checked], known: dict[str, str]
 ) -> list[tuple[_Checked, PreparedEvent]]:
     refunds = [c.model for c in checked if type(c.model) is RefundIn and c.model.event_id not in known]
     book = await OrderBook.load(connection, [r.order_id for r in refunds])
@@ -201,7 +219,7 @@ async def _prepare_all(
     return prepared
 
 
-async def known_event_ids(connection: asyncpg.Connection, *, source: str, event_ids: list[str]) -> dict[str, str]:
+async def known_event_ids(connection: Database, *, source: str, event_ids: list[str]) -> dict[str, str]:
     """event_id -> the original event's envelope id, for those this source already sent."""
     if not event_ids:
         return {}
@@ -224,13 +242,20 @@ def stored_rows(prepared: Sequence[PreparedEvent]) -> list[list[object]]:
 
 
 async def _store(
-    connection: asyncpg.Connection, *, source: str, prepared: list[tuple[_Checked, PreparedEvent]]
+    connection: Database,
+    *,
+    source: str,
+    prepared: list[tuple[_Checked, PreparedEvent]],
+    writer: GroupedWriter | None = None,
 ) -> None:
     """One statement stores the new events and queues them; ON CONFLICT makes concurrent repeats a no-op."""
     if not prepared:
         return
-    rows = await connection.fetch(_STORE_EVENTS, source, *stored_rows([p for _, p in prepared]))
-    answers: dict[str, tuple[str | None, bool]] = {event_id: (envelope_id, new) for event_id, envelope_id, new in rows}
+    events = [p for _, p in prepared]
+    if writer is not None and len(events) <= writer.max_events:
+        answers = await writer.store(source, events)
+    else:
+        answers = _answers(await connection.fetch(_STORE_EVENTS, source, *stored_rows(events)))
     # Stored by a transaction that committed while this statement ran: visible to the next one.
     unseen = [p.event_id for _, p in prepared if p.event_id not in answers]
     for event_id, original in (await known_event_ids(connection, source=source, event_ids=unseen)).items():
@@ -241,7 +266,82 @@ async def _store(
         checked.result.status, checked.result.id = ("accepted" if accepted else "duplicate"), stored_id
 
 
-async def source_of_key(connection: asyncpg.Connection, *, key_id: str) -> str:
+def _answers(rows: list[asyncpg.Record]) -> Answers:
+    return {event_id: (envelope_id, new) for event_id, envelope_id, new in rows}
+
+
+def _is_bad_value(error: Exception) -> bool:
+    """A value PostgreSQL refused (SQLSTATE class 22; asyncpg's client-side encoding errors too)."""
+    return isinstance(error, asyncpg.exceptions.DataError) or str(getattr(error, "sqlstate", "")).startswith("22")
+
+
+@dataclass(slots=True)
+class _Queued:
+    events: list[PreparedEvent]
+    answer: asyncio.Future[Answers]
+
+
+class GroupedWriter:
+    """Stores the events of concurrent small requests with one statement: one round trip and one commit.
+
+    A request queues its events and waits; a flush takes everything queued for a source and runs
+    store_statement once. While `flushes` statements run, new requests queue for the next one (the
+    way PostgreSQL groups commits), so a lone request is never delayed and a busy process sends a
+    few statements of many events instead of one each. An answer waits for the commit of the
+    statement that carried it: a 2xx still means stored and queued. A value PostgreSQL refuses
+    fails only its own request: the group is stored again one request at a time.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, flushes: int = 2, max_events: int = 100) -> None:
+        self.pool = pool
+        self.max_events = max_events  # bigger requests are their own statement
+        self._flushes = flushes
+        self._running = 0
+        self._queued: dict[str, list[_Queued]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def store(self, source: str, events: list[PreparedEvent]) -> Answers:
+        """event_id -> (its envelope id, stored now) for the events given (and others of the same statement)."""
+        queued = _Queued(events, asyncio.get_running_loop().create_future())
+        self._queued.setdefault(source, []).append(queued)
+        if self._running < self._flushes:
+            self._running += 1
+            task = asyncio.create_task(self._flush())  # not the request's task: a client leaving cancels no one's
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await queued.answer
+
+    async def _flush(self) -> None:
+        try:
+            while self._queued:
+                source = next(iter(self._queued))
+                await self._store(source, self._queued.pop(source))
+        finally:
+            self._running -= 1
+
+    async def _store(self, source: str, group: list[_Queued]) -> None:
+        events = [event for queued in group for event in queued.events]
+        try:
+            answers = _answers(await self.pool.fetch(_STORE_EVENTS, source, *stored_rows(events)))
+        except Exception as error:
+            if len(group) > 1 and _is_bad_value(error):
+                for queued in group:
+                    await self._store(source, [queued])
+                return
+            for queued in group:
+                if not queued.answer.done():
+                    queued.answer.set_exception(error)
+            return
+        except BaseException:  # cancelled (shutting down): so are the requests waiting for it
+            for queued in group:
+                queued.answer.cancel()
+            raise
+        for queued in group:
+            if not queued.answer.done():
+                queued.answer.set_result(answers)
+
+
+async def source_of_key(connection: Database, *, key_id: str) -> str:
     """The dedup namespace of a key: the source it was issued for, else its own id."""
     source = await connection.fetchval("SELECT source FROM api_key_sources WHERE key_id = $1", key_id)
     return str(source) if source else key_id

@@ -43,7 +43,6 @@ class Customer(Base):
         Index("customers_net_revenue", "net_revenue", "customer_id"),
         Index("customers_last_purchase", "last_purchase_at", "customer_id"),
         Index("customers_tier", "loyalty_tier"),
-        Index("customers_city", "city"),
     )
 
     customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -293,6 +293,10 @@ class EmbeddedPostgres:
             "unix_socket_directories": str(self.socket_dir),
             "max_connections": "300",
             "shared_buffers": "256MB",
+            # A full segment recompute writes millions of rows in one transaction: without room for
+            # its WAL, checkpoints every 1 GB (the default) rewrite full pages and double the cost.
+            "max_wal_size": "4GB",
+            "wal_buffers": "32MB",
         }
         if not self.fsync:
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")

@@ -10,6 +10,7 @@ same stay, and nothing is published when nothing changed.
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,13 @@ async def lock_for_one_customer(session: AsyncSession) -> None:
 
 
 _TEMPLATE_COLUMNS = ("segment_id", "type", *(f"part{i}" for i in range(PART_COUNT)))
+# Event ids: an md5 of a random per-statement nonce and the (segment, customer, change) the row is
+# about, unique within the statement, shaped as a UUID. gen_random_uuid() per row cost ~4 µs, 9 s
+# of a million-customer first recompute; md5 costs a tenth of that. The segment id is prefixed with
+# its length, so no two (segment, customer) pairs give the same text.
+_EVENT_ID = (
+    "md5(CAST(:id_nonce AS text) || length(segment_id) || ':' || segment_id || customer_id || '{change}')::uuid::text"
+)
 
 
 def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True) -> str:
@@ -57,6 +65,8 @@ def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True)
     # construction. It skips the speculative insertion ON CONFLICT costs per row (a duplicate would
     # fail the whole statement, never publish twice). A few customers' update only holds the shared lock.
     on_conflict = "ON CONFLICT DO NOTHING" if customer_filter else ""
+    # Whole-base entries in key order: the member and history indexes fill page by page, not at random.
+    order = "" if customer_filter else "ORDER BY t.segment_id, t.customer_id"
     # Payloads are the envelope templates of envelopes.py filled in per row (a recompute may publish millions).
     payload = payload_sql(
         "tpl",
@@ -85,14 +95,14 @@ def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True)
             SELECT 1 FROM segment_members m
             WHERE m.segment_id = ANY(CAST(:segment_ids AS text[])) {only_customer}
               AND m.segment_id = t.segment_id AND m.customer_id = t.customer_id)
-        {on_conflict}
+        {order} {on_conflict}
         RETURNING segment_id, customer_id, reason
     ),
     changes AS (
-        SELECT gen_random_uuid()::text AS event_id, '{ENTERED}' AS type, 'entered' AS change,
+        SELECT {_EVENT_ID.format(change="entered")} AS event_id, '{ENTERED}' AS type, 'entered' AS change,
                segment_id, customer_id, reason FROM entered
         UNION ALL
-        SELECT gen_random_uuid()::text, '{EXITED}', 'exited', segment_id, customer_id,
+        SELECT {_EVENT_ID.format(change="exited")}, '{EXITED}', 'exited', segment_id, customer_id,
                'no longer: ' || reason FROM exited
     ),
     logged AS (
@@ -173,6 +183,7 @@ async def apply_memberships(
         "segment_ids": list(segment_ids),
         "at": at,
         "at_json": json_time(at),
+        "id_nonce": uuid.uuid4().hex,
         "topic": SEGMENT_MEMBERSHIP,
         **await _template_params(session, segment_ids, segments),
     }

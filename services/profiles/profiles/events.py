@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.envelope import Envelope, new_event
 
@@ -15,6 +15,11 @@ PROFILE_UPDATED = "profile.updated"
 ERASURE_REQUESTED = "customer.erasure_requested"
 ERASURE_CONFIRMED = "erasure.confirmed"
 CUSTOMER_ERASED = "customer.erased"
+
+
+# The same instant in datetime.UTC: times parsed by pydantic each carry their own tzinfo object, and
+# comparing two such times (sorting, min/max of a batch) cost ~10x a comparison of UTC times.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda at: at.astimezone(UTC))]
 
 
 class _Incoming(BaseModel):
@@ -32,7 +37,7 @@ class PurchasedItem(_Incoming):
 class PurchaseCompleted(_Incoming):
     order_id: str = Field(min_length=1, max_length=128)
     customer_id: str = Field(min_length=1, max_length=128)
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
     currency: str = Field(min_length=3, max_length=3)
     channel: str = Field("web", max_length=32)
     store_id: str | None = None
@@ -44,7 +49,7 @@ class PurchaseRefunded(_Incoming):
     refund_id: str = Field(min_length=1, max_length=256)
     order_id: str = Field(min_length=1, max_length=128)
     customer_id: str = Field(min_length=1, max_length=128)
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
     currency: str = Field(min_length=3, max_length=3)
     amount: Decimal
 
@@ -53,7 +58,7 @@ class InteractionRecorded(_Incoming):
     event_id: str = Field(min_length=1, max_length=256)
     customer_id: str | None = Field(None, max_length=128)
     anonymous_id: str | None = Field(None, max_length=128)
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
     type: str = Field(min_length=1, max_length=64)
     channel: str = Field("web", max_length=32)
     properties: dict[str, Any] = Field(default_factory=dict)
@@ -63,7 +68,7 @@ class CustomerIdentified(_Incoming):
     event_id: str = Field(min_length=1, max_length=256)
     customer_id: str = Field(min_length=1, max_length=128)
     anonymous_id: str | None = Field(None, max_length=128)
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
     traits: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -73,13 +78,13 @@ class PointsChanged(_Incoming):
     customer_id: str = Field(min_length=1, max_length=128)
     balance: int
     entry_id: int
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
 
 
 class TierChanged(_Incoming):
     customer_id: str = Field(min_length=1, max_length=128)
     to_tier: str = Field(min_length=1, max_length=32)
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
 
 
 class Sentiment(_Incoming):
@@ -93,13 +98,13 @@ class FeedbackSubmitted(_Incoming):
     kind: Literal["nps", "csat", "rating", "comment", "complaint"]
     score: int | None = None
     sentiment: Sentiment | None = None
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
 
 
 class SegmentMembershipChanged(_Incoming):
     customer_id: str = Field(min_length=1, max_length=128)
     segment_key: str = Field(min_length=1, max_length=200)
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
 
 
 class ErasureRequested(BaseModel):

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import loyalty.main
 import pytest
-from loyalty import rules, service
+from loyalty import api, rules, service
 from loyalty.config import LoyaltySettings
 from loyalty.events import PurchaseCompleted
 from loyalty.models import EarningRulesRow
@@ -261,3 +261,25 @@ async def test_rules_file_is_stored_when_the_database_has_none(platform: TestPla
         assert (stored.segment_bonuses, version) == ({"win_back": 300}, 1)
         assert "Launch" in [c.name for c in await rules.list_campaigns(session)]
         assert await rules.seed_rules(session, program=program) is False
+
+
+async def test_member_reads_are_answered_by_the_lean_routes_with_the_endpoints_errors(
+    client: httpx.AsyncClient, platform: TestPlatform, api_headers: dict[str, str]
+) -> None:
+    lean = {r.path: r for r in api.router.routes if isinstance(r, api._MemberAnswerRoute)}
+    assert lean.keys() == {"/v1/me", "/v1/members/{customer_id}"}
+    missing = await client.get("/v1/me")
+    assert (missing.status_code, missing.json()) == (401, {"detail": "missing bearer credentials"})
+    assert missing.headers["www-authenticate"] == "Bearer"
+    forged = await client.get("/v1/me", headers={"Authorization": "Bearer not-a-token"})
+    assert (forged.status_code, forged.json()) == (401, {"detail": "invalid customer token"})
+    unknown = await client.get("/v1/me", headers=token_for("x" * 129))  # a sub no member can have
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "member not found"})
+    lacking = await client.get("/v1/members/anyone", headers=await key_with(platform, "loyalty:write"))
+    assert (lacking.status_code, lacking.json()) == (403, {"detail": "API key lacks scope loyalty:read"})
+    assert (await client.get(f"/v1/members/{'x' * 129}")).status_code == 401  # the key first, as before
+    too_long = await client.get(f"/v1/members/{'x' * 129}", headers=api_headers)
+    assert too_long.status_code == 422
+    assert too_long.json()["errors"][0]["field"] == "path.customer_id"
+    not_allowed = await client.delete("/v1/me", headers=token_for("x"))
+    assert (not_allowed.status_code, not_allowed.headers["allow"]) == (405, "GET")

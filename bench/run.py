@@ -39,7 +39,8 @@ Results = dict[str, Any]
 
 
 def configure_environment() -> Path:
-    data = ROOT / ".data" / "bench"
+    # One directory per run: two runs at once (people sharing a machine) must not wipe each other's.
+    data = ROOT / ".data" / "bench" / str(os.getpid())
     shutil.rmtree(data, ignore_errors=True)
     os.environ["CX_DATA_DIR"] = str(data)
     os.environ["CX_POSTGRES_PORT"] = str(free_port())
@@ -225,6 +226,35 @@ async def profile_to_membership(bootstrap: str) -> Results:
         "entered": len(gaps),
         "p50_ms": round(float(np.percentile(gaps, 50)), 1) if gaps else None,
         "p99_ms": round(float(np.percentile(gaps, 99)), 1) if gaps else None,
+        "stages": await _membership_stages(first_profile, entered),
+    }
+
+
+async def _membership_stages(first_profile: dict[str, int], entered: dict[str, int]) -> Results:
+    """Where the time went, from segments' retained outbox rows (times of its transactions' starts):
+    waiting = profile record -> the applying transaction began; applying = that -> the relay's
+    transaction began; sending = that -> the entered record's broker time."""
+    conn = await asyncpg.connect(dsn("segments"))
+    try:
+        rows = await conn.fetch(
+            "select key, extract(epoch from created_at) * 1000 as created, extract(epoch from published_at) * 1000"
+            " as published from outbox where key like 'cus-lat-%' and payload like '%\"segment.entered\"%'"
+            " and payload like '%\"bench-buyers\"%' and published_at is not null"
+        )
+    finally:
+        await conn.close()
+    stages: dict[str, list[float]] = {"waiting": [], "applying": [], "sending": []}
+    for row in rows:
+        customer = row["key"]
+        if customer not in first_profile or customer not in entered:
+            continue
+        stages["waiting"].append(float(row["created"]) - first_profile[customer])
+        stages["applying"].append(float(row["published"]) - float(row["created"]))
+        stages["sending"].append(entered[customer] - float(row["published"]))
+    return {
+        name: {"p50_ms": round(float(np.percentile(v, 50)), 1), "p99_ms": round(float(np.percentile(v, 99)), 1)}
+        for name, v in stages.items()
+        if v
     }
 
 
@@ -562,6 +592,13 @@ def print_table(results: Results) -> None:
             "p99 < 100 ms",
             f"{membership['entered']}/{membership['customers']} entered",
         )
+        if stages := membership.get("stages"):
+            add(
+                "  of which (ms)",
+                ", ".join(f"{name} p50 {v['p50_ms']} p99 {v['p99_ms']}" for name, v in stages.items()),
+                "",
+                "",
+            )
     if me := results.get("me_under_load"):
         add(
             "GET /v1/me under ingest load",
@@ -669,7 +706,7 @@ def main() -> None:
     )
     parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as printed)")
     args = parser.parse_args()
-    configure_environment()
+    data = configure_environment()
     from up import Platform, credentials  # deploy/up.py: the same start-up as `make up`
 
     platform = Platform()
@@ -681,6 +718,7 @@ def main() -> None:
         results = asyncio.run(measure(key, secret, bootstrap, args.scale, platform, args.recompute, args.only))
     finally:
         platform.stop()
+        shutil.rmtree(data / "postgres", ignore_errors=True)  # gigabytes after a recompute; logs stay
     results["machine"] = {"cores": os.cpu_count(), "when": datetime.now(UTC).isoformat()}
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print()

@@ -127,3 +127,21 @@ async def test_thresholds_are_settings(session: AsyncSession, events: Events) ->
     await publish_all_changes(session, settings=strict, now=Events.now)
     found = await session.execute(select(Customer.lifecycle_stage).where(Customer.customer_id == events.customer_id))
     assert found.scalar_one() == "at_risk"
+
+
+async def test_each_customer_in_a_publish_batch_gets_their_own_top_categories(
+    session: AsyncSession, events: Events
+) -> None:
+    other = Events(f"cus-{uuid.uuid4().hex[:12]}")
+    many = [(f"SKU-{n}", f"cat-{n}", n + 1, "1.00") for n in range(7)]  # cat-6 bought most
+    await events.apply(session, events.purchase("o-1", days_ago=1, items=many))
+    await other.apply(
+        session,
+        other.purchase("o-1", days_ago=1, items=[("TEA", "tea", 1, "5.00"), ("MUG", "home", 1, "5.00")]),
+        other.interaction("i-1", "product_view", days_ago=1, sku="MUG", category="home"),
+    )
+    await publish_all_changes(session, settings=SETTINGS, now=Events.now)
+    (mine,) = await published(session, events.customer_id)
+    (theirs,) = await published(session, other.customer_id)
+    assert mine["data"]["profile"]["top_categories"] == ["cat-6", "cat-5", "cat-4", "cat-3", "cat-2"]
+    assert theirs["data"]["profile"]["top_categories"] == ["home", "tea"]  # ties broken by views, then key

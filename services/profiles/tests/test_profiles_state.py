@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -239,3 +240,18 @@ async def test_big_batches_give_the_same_profiles_as_one_event_at_a_time(platfor
     assert one_by_one[customers[0].customer_id]["profile"]["orders"] == 4
     for batch_size in (len(shuffled), 7):
         assert await _replay_batched(platform, customers, shuffled, batch_size=batch_size) == one_by_one
+
+
+async def test_times_with_any_utc_offset_count_as_the_same_instants(session: AsyncSession, events: Events) -> None:
+    early = events.purchase("o-1", days_ago=10, items=[("TEA", "tea", 1, "5.00")])
+    late = events.purchase("o-2", days_ago=2, items=[("TEA", "tea", 1, "5.00")])
+    paris = timezone(timedelta(hours=2))
+    for purchase in (early, late):  # the same instants, written in +02:00 and in -05:00
+        at = datetime.fromisoformat(purchase.data["occurred_at"])
+        offset = paris if purchase is early else timezone(timedelta(hours=-5))
+        purchase.data["occurred_at"] = at.astimezone(offset).isoformat()
+    await Events.apply_batched(session, late, early)
+    profile = await view(session, events.customer_id)
+    assert profile["first_purchase_at"] == (Events.now - timedelta(days=10)).isoformat()
+    assert profile["last_purchase_at"] == (Events.now - timedelta(days=2)).isoformat()
+    assert profile["average_days_between_orders"] == 8.0

@@ -1,4 +1,5 @@
-"""Faults: the broker restarting empty mid-stream, a consumer killed with SIGKILL mid-batch.
+"""Faults: the broker restarting empty mid-stream, a consumer killed with SIGKILL mid-batch, every
+message delivered three times.
 
 Each test checks that no event is lost, no effect is applied twice and no partition stalls
 (everything is credited within the time limit).
@@ -8,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import sys
 from collections.abc import AsyncIterator
 
 import ingest.main
 import loyalty.main
+import profiles.main
 import pytest
 from ingest.config import IngestSettings
 from loyalty.config import LoyaltySettings
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.devstack import EmbeddedBroker, free_port
-from shared.testing import TestPlatform, eventually, running_app
-from shared.topics import create_all
+from shared.envelope import new_event
+from shared.testing import TestPlatform, eventually, producer, running_app
+from shared.topics import PURCHASES, create_all
 from tests.support import ledger_counts, purchase
 
 
@@ -95,3 +100,34 @@ async def test_consumer_killed_mid_batch_applies_every_event_once(
 
 async def _some_credited(engine: AsyncEngine, customers: list[str], at_least: int) -> bool:
     return len(await ledger_counts(engine, customers)) >= at_least
+
+
+async def test_every_message_delivered_three_times_is_applied_once(platform: TestPlatform) -> None:
+    """300 purchases, each on the topic three times in shuffled order, read by loyalty and profiles."""
+    bodies = [purchase(total="3.00") for _ in range(300)]
+    customers = [str(b["customer_id"]) for b in bodies]
+    envelopes = [
+        new_event(type="purchase.completed", source="test", subject=str(b["customer_id"]), data=b) for b in bodies
+    ]
+    deliveries = [envelope for envelope in envelopes for _ in range(3)]
+    random.Random(7).shuffle(deliveries)
+    async with running_app(loyalty.main.create_app()), running_app(profiles.main.create_app()):
+        async with producer(platform.bootstrap) as kafka:
+            sent = [await kafka.send(PURCHASES, e.encode(), key=e.subject.encode()) for e in deliveries]
+            await asyncio.gather(*sent)
+        counts = await eventually(lambda: credited(platform.engine("loyalty"), customers), timeout=120, interval=0.5)
+        orders = await eventually(lambda: _profile_orders(platform.engine("profiles"), customers), timeout=120)
+    lost = len(customers) - len(counts)
+    applied_twice = sum(1 for entries, _ in counts.values() if entries > 1)
+    counted_twice = sum(1 for n in orders.values() if n > 1)
+    assert (lost, applied_twice, counted_twice) == (0, 0, 0)
+    assert set(counts.values()) == {(1, 3)} and set(orders.values()) == {1}
+
+
+async def _profile_orders(engine: AsyncEngine, customers: list[str]) -> dict[str, int] | None:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("select customer_id, orders from customers where customer_id = any(:ids)"), {"ids": customers}
+        )
+        found = {row[0]: int(row[1]) for row in rows}
+    return found if len(found) == len(customers) and all(found.values()) else None

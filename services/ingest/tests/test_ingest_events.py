@@ -126,6 +126,18 @@ async def test_same_event_posted_20_times_at_once_is_accepted_once(
     assert stored == 1
 
 
+async def test_concurrent_purchases_are_each_stored_and_answered_their_own_id(
+    api: httpx.AsyncClient, api_headers: dict[str, str], platform: TestPlatform
+) -> None:
+    bodies = [purchase() for _ in range(30)]  # stored a few statements at a time (GroupedWriter)
+    answers = await asyncio.gather(*(api.post("/v1/purchases", json=body, headers=api_headers) for body in bodies))
+    assert {a.status_code for a in answers} == {202}
+    for body, answer in zip(bodies, answers, strict=True):
+        assert answer.json()["event_id"] == body["event_id"]
+        event = await published(platform, answer.json()["id"])
+        assert (event["key"], event["data"]["event_id"]) == (body["customer_id"], body["event_id"])
+
+
 async def test_field_and_cross_field_errors_are_reported_together(
     api: httpx.AsyncClient, api_headers: dict[str, str]
 ) -> None:

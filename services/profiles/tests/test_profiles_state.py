@@ -255,3 +255,20 @@ async def test_times_with_any_utc_offset_count_as_the_same_instants(session: Asy
     assert profile["first_purchase_at"] == (Events.now - timedelta(days=10)).isoformat()
     assert profile["last_purchase_at"] == (Events.now - timedelta(days=2)).isoformat()
     assert profile["average_days_between_orders"] == 8.0
+
+
+async def test_the_currency_with_most_orders_is_shown_ties_alphabetical(session: AsyncSession, events: Events) -> None:
+    other = Events(f"cus-{uuid.uuid4().hex[:12]}")
+    await Events.apply_batched(
+        session,
+        events.purchase("o-1", days_ago=3, items=[("TEA", "tea", 1, "5.00")], currency="USD"),
+        events.purchase("o-2", days_ago=2, items=[("TEA", "tea", 1, "7.00")], currency="USD"),
+        events.purchase("o-3", days_ago=1, items=[("TEA", "tea", 1, "9.00")], currency="EUR"),
+        other.purchase("o-1", days_ago=2, items=[("TEA", "tea", 1, "5.00")], currency="USD"),
+        other.purchase("o-2", days_ago=1, items=[("TEA", "tea", 1, "6.00")], currency="EUR"),
+    )
+    mine, theirs = await view(session, events.customer_id), await view(session, other.customer_id)
+    assert (mine["currency"], mine["net_revenue"], mine["orders"]) == ("USD", "12.00", 3)
+    assert (theirs["currency"], theirs["net_revenue"]) == ("EUR", "6.00")
+    await events.apply(session, events.refund("r-1", "o-3", "9.00", days_ago=0.5))
+    assert (await view(session, events.customer_id))["currency"] == "USD"

@@ -133,7 +133,8 @@ async def test_each_customer_in_a_publish_batch_gets_their_own_top_categories(
     session: AsyncSession, events: Events
 ) -> None:
     other = Events(f"cus-{uuid.uuid4().hex[:12]}")
-    many = [(f"SKU-{n}", f"cat-{n}", n + 1, "1.00") for n in range(7)]  # cat-6 bought most
+    many: list[tuple[str, str | None, int, str]] = [(f"SKU-{n}", f"cat-{n}", n + 1, "1.00") for n in range(7)]
+    # cat-6 is bought most; only the top five are published
     await events.apply(session, events.purchase("o-1", days_ago=1, items=many))
     await other.apply(
         session,

@@ -115,6 +115,17 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
+def _body_framing(scope: Scope) -> tuple[bytes | None, bool]:
+    """The request's Content-Length, and whether its body comes chunked."""
+    declared, chunked = None, False
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            declared = value
+        elif name == b"transfer-encoding":
+            chunked = True
+    return declared, chunked
+
+
 class BodySizeLimit:
     """Answers 413 for bodies over the limit, whether or not Content-Length is sent."""
 
@@ -127,9 +138,13 @@ class BodySizeLimit:
         if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes or ("\0",)):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        declared, chunked = _body_framing(scope)
+        if not chunked and (declared is None or declared.isdigit()):
+            # The server frames the body by Content-Length (none: no body), so the header alone decides.
+            if declared is not None and int(declared) > self.max_bytes:
+                await self._reject(send)
+            else:
+                await self.app(scope, receive, send)
             return
         received = 0
         rejected = False

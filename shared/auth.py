@@ -59,6 +59,9 @@ def generate_api_key() -> tuple[str, str]:
     return key_id, f"cx_{key_id}_{secrets.token_urlsafe(32)}"
 
 
+_DEV_PRINCIPAL = ApiKeyPrincipal(DEV_KEY_ID, frozenset(ALL_SCOPES))
+
+
 @dataclass
 class ApiKeyVerifier:
     """Finds a key by its hash: the configured dev key, then the service's api_keys table (cached)."""
@@ -70,7 +73,7 @@ class ApiKeyVerifier:
 
     async def verify(self, key: str) -> ApiKeyPrincipal | None:
         if self.dev_key and hmac.compare_digest(key.encode(), self.dev_key.encode()):
-            return ApiKeyPrincipal(DEV_KEY_ID, frozenset(ALL_SCOPES))
+            return _DEV_PRINCIPAL
         key_hash = hash_api_key(key)
         cached = self._cache.get(key_hash)
         now = time.monotonic()

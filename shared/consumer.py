@@ -73,8 +73,10 @@ class IdempotentConsumer:
         max_message_bytes: int = 1_048_576,
         session_timeout_ms: int = 6000,
         batch_handlers: BatchHandlerMap | None = None,
+        fetch_max_wait_ms: int = 20,
     ) -> None:
         self.name = name
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.batch_handlers = dict(batch_handlers or {})
         self.session_timeout_ms = session_timeout_ms
         self.topics = list(topics)
@@ -99,6 +101,7 @@ class IdempotentConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             # Short timeouts: a member that vanished without leaving (SIGKILL) is replaced quickly.
             session_timeout_ms=self.session_timeout_ms,
             rebalance_timeout_ms=self.session_timeout_ms,

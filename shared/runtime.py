@@ -81,6 +81,7 @@ class ServiceRuntime:
                 retry_backoff_seconds=settings.consumer_retry_backoff_seconds,
                 max_message_bytes=settings.max_message_bytes,
                 session_timeout_ms=settings.consumer_session_timeout_ms,
+                fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
                 batch_handlers=batch_handlers,
             )
         self.jobs = list(jobs) if self.background else []

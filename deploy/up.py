@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CX_DATA_DIR", ROOT / ".data"))
 PIDFILE = DATA / "up.pid"
 BROKER_PORT = int(os.environ.get("CX_BROKER_PORT", "9092"))
-# API processes per service unless <SERVICE>_API_PROCESSES says otherwise: the two hot HTTP paths
-# (storefront events, mobile balances) get one per core.
-DEFAULT_API_PROCESSES = {"ingest": 2, "loyalty": 2}
+# API processes per service unless <SERVICE>_API_PROCESSES says otherwise: the hot HTTP paths
+# (storefront events, mobile balances, profile reads) get one per core.
+DEFAULT_API_PROCESSES = {"ingest": 2, "loyalty": 2, "profiles": 2}
 
 
 @dataclass

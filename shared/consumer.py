@@ -88,6 +88,7 @@ class IdempotentConsumer:
         self.retry_backoff_seconds = retry_backoff_seconds
         self.max_message_bytes = max_message_bytes
         self.running = False
+        self._rewind = False
         self.applied_total = 0
         self.dead_lettered_total = 0
         self._consumer: AIOKafkaConsumer | None = None
@@ -102,6 +103,9 @@ class IdempotentConsumer:
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
+            # A topic created (or re-created by a broker that lost its log) after the group was joined
+            # is only seen at the next metadata refresh: every 5 s, not the default 5 minutes.
+            metadata_max_age_ms=5000,
             # Short timeouts: a member that vanished without leaving (SIGKILL) is replaced quickly.
             session_timeout_ms=self.session_timeout_ms,
             rebalance_timeout_ms=self.session_timeout_ms,
@@ -138,8 +142,21 @@ class IdempotentConsumer:
                 log.warning("consumer stop failed", extra={"consumer": self.name}, exc_info=True)
             self._consumer = None
 
+    def rewind(self) -> None:
+        """Read every assigned partition again from its beginning, from the next fetch on.
+
+        For a broker that lost its log: the positions held (and any offsets committed since) point
+        into the old log, and reading the new one from there would skip its first records. The
+        processed rows make everything read twice change nothing.
+        """
+        self._rewind = True
+
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
+            if self._rewind and consumer.assignment():  # while (re)joining: after the assignment
+                await consumer.seek_to_beginning(*consumer.assignment())
+                self._rewind = False
+                log.warning("rewound to the beginning of every partition", extra={"consumer": self.name})
             batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
             if not batch:
                 continue

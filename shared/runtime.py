@@ -159,7 +159,9 @@ class ServiceRuntime:
         A missing topic is not enough of a sign: clients' metadata requests can make a restarted broker
         auto-create topics before this looks. So the relay remembers each partition's end from its
         acknowledgements; an acknowledged offset or a broker end offset (ListOffsets latest) below it
-        means the log is gone. Consumers rejoin by themselves and idempotence absorbs the repeats.
+        means the log is gone. Consumers rejoin by themselves; this process's consumer is rewound to
+        the beginning of the new log (its positions point into the old one), and idempotence absorbs
+        the repeats.
         """
         assert self.relay is not None
         relay = self.relay
@@ -202,6 +204,8 @@ class ServiceRuntime:
     async def _recover_from_broker_reset(self, relay: OutboxRelay, reason: str) -> None:
         log.warning("broker lost its log: recreating topics, republishing the outbox", extra={"why": reason})
         relay.forget_partition_ends()
+        if self.consumer is not None:
+            self.consumer.rewind()
         await ensure_topics(self.settings.kafka_bootstrap_servers, all_topics(self.settings.topic_partitions))
         await relay.republish_retained()
         relay.wake()

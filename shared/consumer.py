@@ -73,7 +73,7 @@ class IdempotentConsumer:
         max_message_bytes: int = 1_048_576,
         session_timeout_ms: int = 6000,
         batch_handlers: BatchHandlerMap | None = None,
-        fetch_max_wait_ms: int = 20,
+        fetch_max_wait_ms: int = 100,
     ) -> None:
         self.name = name
         self.fetch_max_wait_ms = fetch_max_wait_ms

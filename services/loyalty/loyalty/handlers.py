@@ -69,16 +69,16 @@ async def record_segment_changes(
     changes = [SegmentMembershipChanged.model_validate(event.data) for event in events]
     erasures = await erasures_of(session, (change.customer_id for change in changes))
     kept: list[SegmentMembershipChanged] = []
+    forget: set[tuple[str, str]] = set()
     for change in changes:
         erased = erasures.get(change.customer_id)
         if erased is not None and change.occurred_at <= erased:
             continue
         if erased is not None and not member:
-            await service.forget_segment_membership(
-                session, customer_id=change.customer_id, segment_key=change.segment_key
-            )
+            forget.add((change.customer_id, change.segment_key))
             continue
         kept.append(change)
+    await service.forget_segment_memberships(session, pairs=forget)
     await service.record_segment_changes(
         session, changes=[(c.customer_id, c.segment_key, member, c.occurred_at) for c in kept]
     )

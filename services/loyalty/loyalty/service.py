@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -635,12 +635,14 @@ async def record_segment_changes(session: AsyncSession, *, changes: Sequence[tup
     )
 
 
-async def forget_segment_membership(session: AsyncSession, *, customer_id: str, segment_key: str) -> None:
-    await session.execute(
-        delete(SegmentMembership).where(
-            SegmentMembership.customer_id == customer_id, SegmentMembership.segment_key == segment_key
+async def forget_segment_memberships(session: AsyncSession, *, pairs: set[tuple[str, str]]) -> None:
+    """Delete the (customer, segment key) rows, in one statement."""
+    if pairs:
+        await session.execute(
+            delete(SegmentMembership).where(
+                tuple_(SegmentMembership.customer_id, SegmentMembership.segment_key).in_(sorted(pairs))
+            )
         )
-    )
 
 
 async def credit_segment_bonus(

@@ -112,9 +112,13 @@ class OutboxRelay:
         self.partition_ends: dict[tuple[str, int], int] = {}
         self.broker_ends: dict[tuple[str, int], int] = {}
         self.broker_lost_log = asyncio.Event()
+        # Counts broker resets seen. A batch in flight across one may hold acknowledgements from the
+        # old broker; marking it published after the retained rows were queued again would lose it.
+        self.resets = 0
 
     async def republish_retained(self) -> int:
         """Mark every retained published row pending again (the embedded broker lost them)."""
+        self.resets += 1
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(outbox)
@@ -171,7 +175,12 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
+            resets_before = self.resets
             results = await asyncio.gather(*[await self._send(row) for row in rows], return_exceptions=True)
+            if self.resets != resets_before:
+                # Some acknowledgements may come from the broker that lost its log: publish all again.
+                log.warning("broker reset while a batch was in flight; it stays pending", extra={"relay": self.name})
+                return 0
             self._note_acknowledged_offsets(results)
             acked = [row.id for row, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
             failed = [(row, res) for row, res in zip(rows, results, strict=True) if isinstance(res, BaseException)]
@@ -212,6 +221,7 @@ class OutboxRelay:
 
     def forget_partition_ends(self) -> None:
         """After a broker reset: the new log starts again at 0."""
+        self.resets += 1
         self.partition_ends.clear()
         self.broker_ends.clear()
         self.broker_lost_log.clear()

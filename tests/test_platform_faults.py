@@ -18,12 +18,15 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 
 from shared.devstack import free_port
 from shared.outbox import asyncpg_dsn
 from shared.settings import SERVICES
 from shared.testing import TEST_API_KEY, TEST_JWT_SECRET, TestPlatform, eventually
+from shared.topics import PURCHASES
 from tests.support import ledger_counts, purchase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +92,63 @@ async def _credited(platform: TestPlatform, customers: list[str]) -> dict[str, t
     return counts if len(counts) == len(customers) else None
 
 
+async def _why_not_credited(platform: TestPlatform, system: Any, customers: list[str]) -> str:
+    """What a failed run needs to be understood: where each uncredited purchase got to."""
+    counts = await ledger_counts(platform.engine("loyalty"), customers)
+    missing = [c for c in customers if c not in counts]
+    lines = [f"not credited: {len(missing)} of {len(customers)}"]
+    async with platform.engine("ingest").connect() as conn:
+        rows = (
+            await conn.execute(
+                text("select key, event_id, state, attempts from outbox where topic = :t and key = any(:k)"),
+                {"t": PURCHASES, "k": missing},
+            )
+        ).all()
+    outbox_rows = {row[0]: row for row in rows}
+    async with platform.engine("loyalty").connect() as conn:
+        processed = set(
+            (
+                await conn.execute(
+                    text("select event_id from processed_messages where event_id = any(:ids)"),
+                    {"ids": [row[1] for row in rows]},
+                )
+            ).scalars()
+        )
+    bootstrap = system.broker.bootstrap
+    in_log: dict[str, tuple[int, int]] = {}
+    reader = AIOKafkaConsumer(PURCHASES, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await reader.start()
+    try:
+        ends = await reader.end_offsets(list(reader.assignment()) or [TopicPartition(PURCHASES, p) for p in range(6)])
+        while True:
+            batch = await reader.getmany(timeout_ms=2000)
+            if not batch:
+                break
+            for tp, records in batch.items():
+                for record in records:
+                    in_log[str(record.key.decode() if record.key else "")] = (tp.partition, record.offset)
+    finally:
+        await reader.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets("loyalty")
+    finally:
+        await admin.close()
+    lines.append(f"log ends: {sorted((tp.partition, end) for tp, end in ends.items())}")
+    lines.append(
+        "loyalty committed: "
+        f"{sorted((tp.partition, meta.offset) for tp, meta in committed.items() if tp.topic == PURCHASES)}"
+    )
+    for customer in missing[:20]:
+        row = outbox_rows.get(customer)
+        lines.append(
+            f"{customer}: outbox {row[2:] if row else None}, in new log at {in_log.get(customer)},"
+            f" processed {bool(row and row[1] in processed)}"
+        )
+    return "\n".join(lines)
+
+
 async def test_broker_restarted_under_the_whole_platform_loses_nothing(
     platform: TestPlatform, full_platform: Any, api_headers: dict[str, str]
 ) -> None:
@@ -102,7 +162,11 @@ async def test_broker_restarted_under_the_whole_platform_loses_nothing(
         full_platform.broker.restart()  # every topic, message and offset is gone
         for body in bodies[100:]:
             assert (await api.post("/v1/purchases", json=body, headers=api_headers)).status_code == 202
-    counts = await eventually(lambda: _credited(platform, customers), timeout=240, interval=1.0)
+    try:
+        counts = await eventually(lambda: _credited(platform, customers), timeout=240, interval=1.0)
+    except AssertionError:
+        print(await _why_not_credited(platform, full_platform, customers))
+        raise
     profiles = await eventually(lambda: _profiles(platform, customers), timeout=240, interval=1.0)
     lost = len(customers) - len(counts)
     applied_twice = sum(1 for entries, _ in counts.values() if entries > 1)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -139,6 +141,37 @@ async def test_retained_rows_are_republished_after_a_broker_restart(
     assert await states(engine, [kept.envelope.id]) == {kept.envelope.id: "pending"}
     await drain(engine, kafka, platform)
     assert await states(engine, [kept.envelope.id]) == {kept.envelope.id: "published"}
+
+
+class ResetMidBatchRelay(OutboxRelay):
+    """A relay whose broker reset is detected (and the retained rows queued again) while a batch is in flight."""
+
+    async def _send(self, row: Any) -> asyncio.Future[Any]:
+        future = await super()._send(row)
+        if self.resets == 0:
+            await self.republish_retained()
+        return future
+
+
+async def test_a_batch_in_flight_across_a_broker_reset_is_not_marked_published(
+    engine: AsyncEngine, kafka: AIOKafkaProducer, platform: TestPlatform
+) -> None:
+    # Its acknowledgements may come from the broker that lost its log, after the rows were queued again.
+    in_flight = [message("in-flight-1"), message("in-flight-2")]
+    async with async_sessionmaker(engine)() as session, session.begin():
+        await add_to_outbox(session, in_flight)
+    await drain(engine, kafka, platform)  # earlier tests' rows: this batch holds only these two
+    ids = [m.envelope.id for m in in_flight]
+    async with engine.begin() as conn:
+        await conn.execute(update(outbox).where(outbox.c.event_id.in_(ids)).values(state="pending"))
+    racing = ResetMidBatchRelay(
+        name=f"test-{uuid.uuid4().hex}", engine=engine, producer=kafka, listen_dsn="", retention=timedelta(hours=1)
+    )
+    assert await racing.publish_batch() == 0
+    assert await states(engine, ids) == dict.fromkeys(ids, "pending")
+    while await racing.publish_batch():
+        pass
+    assert await states(engine, ids) == dict.fromkeys(ids, "published")
 
 
 async def test_rows_written_through_plain_asyncpg_are_published(

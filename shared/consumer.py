@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,9 @@ from shared.outbox import OutgoingMessage, add_to_outbox
 from shared.tables import processed_messages
 
 log = logging.getLogger(__name__)
+
+# How often a running consumer logs its progress and positions (stalls show as an unchanged line).
+STATUS_EVERY_SECONDS = 30.0
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 HandlerMap = Mapping[str, Sequence[Handler]]
@@ -89,6 +93,8 @@ class IdempotentConsumer:
         self.max_message_bytes = max_message_bytes
         self.running = False
         self._rewind = False
+        self._rewind_attempts = 0
+        self._committed: dict[TopicPartition, int] = {}
         self.applied_total = 0
         self.dead_lettered_total = 0
         self._consumer: AIOKafkaConsumer | None = None
@@ -152,11 +158,13 @@ class IdempotentConsumer:
         self._rewind = True
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        status_due = time.monotonic() + STATUS_EVERY_SECONDS
         while True:
+            if time.monotonic() >= status_due:
+                status_due = time.monotonic() + STATUS_EVERY_SECONDS
+                self._log_status(consumer)
             if self._rewind and consumer.assignment():  # while (re)joining: after the assignment
-                await consumer.seek_to_beginning(*consumer.assignment())
-                self._rewind = False
-                log.warning("rewound to the beginning of every partition", extra={"consumer": self.name})
+                await self._rewind_assigned(consumer)
             batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
             if not batch:
                 continue
@@ -172,12 +180,49 @@ class IdempotentConsumer:
                 continue
             await self._commit_offsets(consumer, batch)
 
+    def _log_status(self, consumer: AIOKafkaConsumer) -> None:
+        """What an operator needs to see a stalled partition: per partition, the next offset and the end."""
+        ends = {f"{tp.topic}[{tp.partition}]": consumer.highwater(tp) for tp in consumer.assignment()}
+        log.info(
+            "consumer status",
+            extra={
+                "consumer": self.name,
+                "applied": self.applied_total,
+                "dead_lettered": self.dead_lettered_total,
+                "committed": {f"{tp.topic}[{tp.partition}]": o for tp, o in self._committed.items()},
+                "highwater": ends,
+            },
+        )
+
+    async def _rewind_assigned(self, consumer: AIOKafkaConsumer) -> None:
+        """Seek every assigned partition to its beginning and commit that.
+
+        The commit overwrites any offset committed into the new log from a position in the old one,
+        which a later rebalance would otherwise resume from. Until it succeeds (a rebalance may be
+        under way) the rewind is done again, after the next assignment.
+        """
+        beginnings = await consumer.beginning_offsets(list(consumer.assignment()))
+        for tp, offset in beginnings.items():
+            consumer.seek(tp, offset)
+        try:
+            await consumer.commit(dict(beginnings))
+            self._committed.update(beginnings)
+        except (CommitFailedError, IllegalStateError, KafkaError) as error:
+            self._rewind_attempts += 1
+            if self._rewind_attempts < 20:
+                extra = {"consumer": self.name, "error": repr(error)}
+                log.warning("rewind not committed, will rewind again", extra=extra)
+                return
+        self._rewind, self._rewind_attempts = False, 0
+        log.warning("rewound to the beginning of every partition", extra={"consumer": self.name})
+
     async def _commit_offsets(
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
     ) -> None:
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         try:
             await consumer.commit(offsets)
+            self._committed.update(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as error:
             # Partitions moved in a rebalance; the new owner redelivers and the processed rows skip.
             log.warning("offset commit failed", extra={"consumer": self.name, "error": repr(error)})

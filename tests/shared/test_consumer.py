@@ -6,11 +6,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.consumer import IdempotentConsumer, PermanentError
+from shared.devstack import ensure_topics
 from shared.envelope import Envelope, new_event
 from shared.tables import outbox, processed_messages
 from shared.testing import TestPlatform
@@ -150,3 +151,45 @@ async def test_batch_handler_gets_every_new_event_at_once_and_falls_back_alone(p
     unlucky = [new_event(type="thing.happened", source="t", subject="c", data={"n": n}) for n in (12, 13)]
     await worker.apply_batch({PARTITION: [record(e.encode(), i) for i, e in enumerate(unlucky)]})
     assert calls[1:] == [[unlucky[0].id], [unlucky[1].id]]  # the failed batch re-applied one event at a time
+
+
+async def test_rewind_reads_from_the_beginning_and_commits_it(platform: TestPlatform) -> None:
+    # After a broker reset, offsets committed from positions in the old log must not survive a rebalance.
+    topic = f"test.rewind.{uuid.uuid4().hex[:8]}.v1"
+    await ensure_topics(platform.bootstrap, {topic: 1})
+    producer = AIOKafkaProducer(bootstrap_servers=platform.bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        for _ in range(3):
+            await producer.send_and_wait(topic, event().encode(), key=b"cus-1")
+    finally:
+        await producer.stop()
+    worker = IdempotentConsumer(
+        name=f"test-{uuid.uuid4().hex[:8]}",
+        topics=[topic],
+        handlers={},
+        sessionmaker=async_sessionmaker(platform.engine("feedback")),
+        bootstrap_servers=platform.bootstrap,
+    )
+    client = worker._new_consumer()
+    await client.start()
+    try:
+        first = await _read(client, 3)
+        await client.commit({TopicPartition(topic, 0): 3})
+        worker.rewind()
+        await worker._rewind_assigned(client)
+        assert await client.committed(TopicPartition(topic, 0)) == 0
+        assert [r.offset for r in await _read(client, 3)] == [r.offset for r in first] == [0, 1, 2]
+        assert not worker._rewind
+    finally:
+        await client.stop()
+
+
+async def _read(client: AIOKafkaConsumer, count: int) -> list[ConsumerRecord[Any, Any]]:
+    records: list[ConsumerRecord[Any, Any]] = []
+    for _ in range(100):
+        for part in (await client.getmany(timeout_ms=200)).values():
+            records.extend(part)
+        if len(records) >= count:
+            break
+    return records

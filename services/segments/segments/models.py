@@ -164,17 +164,27 @@ class Segment(Base):
 
 class SegmentMember(Base):
     # No foreign key to segments: a full recompute writes millions of rows and the FK check costs.
+    # While a stay lasts, the member row is its entry's history row too: `change_id` is the id (from
+    # membership_changes' sequence) the history shows it under; the exit writes it to membership_changes.
     __tablename__ = "segment_members"
-    __table_args__ = (Index("ix_segment_members_customer_id", "customer_id"),)
+    __table_args__ = (
+        Index("ix_segment_members_customer_id", "customer_id"),
+        Index("ix_segment_members_segment_change", "segment_id", "change_id"),
+    )
 
     segment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     reason: Mapped[str] = mapped_column(Text)
     entered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    change_id: Mapped[int] = mapped_column(BigInteger)
 
 
 class MembershipChange(Base):
-    """Append-only history: who entered or left which segment, when and why."""
+    """Append-only history of ended stays and exits: who entered or left which segment, when and why.
+
+    The entry of a stay still going on is its `segment_members` row; `service.membership_history`
+    reads both.
+    """
 
     __tablename__ = "membership_changes"
     __table_args__ = (

@@ -541,21 +541,33 @@ async def sync_all_memberships(
 
 
 async def record_sizes(session: AsyncSession, *, at: datetime) -> None:
-    """A size sample per live segment, with what entered and left since the previous sample."""
+    """A size sample per live segment, with what entered and left since the previous sample.
+
+    Entries since then are members who entered since (one pass over the members, with the sizes)
+    plus entries of stays that ended since: an entry is a member row or a history row, never both.
+    """
     await session.execute(
         text(
             """
+            WITH last AS (
+                SELECT s.id AS segment_id, coalesce(max(z.measured_at), '-infinity') AS measured_at
+                FROM segments s LEFT JOIN segment_sizes z ON z.segment_id = s.id
+                WHERE s.status = 'active' GROUP BY s.id
+            ),
+            held AS (
+                SELECT m.segment_id, count(*) AS size,
+                       count(*) FILTER (WHERE m.entered_at > l.measured_at AND m.entered_at <= :at) AS entered
+                FROM segment_members m JOIN last l ON l.segment_id = m.segment_id
+                GROUP BY m.segment_id
+            )
             INSERT INTO segment_sizes (segment_id, measured_at, size, entered, exited)
-            SELECT s.id, :at,
-                   (SELECT count(*) FROM segment_members m WHERE m.segment_id = s.id),
-                   (SELECT count(*) FROM membership_changes c WHERE c.segment_id = s.id AND c.change = 'entered'
-                      AND c.occurred_at > coalesce(last.measured_at, '-infinity') AND c.occurred_at <= :at),
-                   (SELECT count(*) FROM membership_changes c WHERE c.segment_id = s.id AND c.change = 'exited'
-                      AND c.occurred_at > coalesce(last.measured_at, '-infinity') AND c.occurred_at <= :at)
-            FROM segments s
-            LEFT JOIN LATERAL (SELECT max(z.measured_at) AS measured_at FROM segment_sizes z
-                               WHERE z.segment_id = s.id) last ON true
-            WHERE s.status = 'active'
+            SELECT l.segment_id, :at, coalesce(h.size, 0),
+                   coalesce(h.entered, 0)
+                   + (SELECT count(*) FROM membership_changes c WHERE c.segment_id = l.segment_id
+                      AND c.change = 'entered' AND c.occurred_at > l.measured_at AND c.occurred_at <= :at),
+                   (SELECT count(*) FROM membership_changes c WHERE c.segment_id = l.segment_id
+                      AND c.change = 'exited' AND c.occurred_at > l.measured_at AND c.occurred_at <= :at)
+            FROM last l LEFT JOIN held h ON h.segment_id = l.segment_id
             """
         ),
         {"at": at},

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from sqlalchemy import Row, delete, select, text
+from sqlalchemy import Row, String, delete, literal, select, text, union_all
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from segments import clusters, clv, rfm, rules
 from segments.config import SegmentsSettings
@@ -613,15 +614,41 @@ async def membership_history(
     limit: int,
     before: int | None = None,
 ) -> Sequence[Row[MembershipChange, Segment]]:
-    """Changes newest first; `before` is the id of the last change of the previous page."""
-    query = select(MembershipChange, Segment).join(Segment, Segment.id == MembershipChange.segment_id)
-    if segment_id:
-        query = query.where(MembershipChange.segment_id == segment_id)
-    if customer_id:
-        query = query.where(MembershipChange.customer_id == customer_id)
-    if before:
-        query = query.where(MembershipChange.id < before)
-    return (await session.execute(query.order_by(MembershipChange.id.desc()).limit(limit))).all()
+    """Changes newest first; `before` is the id of the last change of the previous page.
+
+    Ended stays and exits are rows of membership_changes; the entry of a stay still going on is the
+    member row (its `change_id`, reason and `entered_at`), shown as the same change it was.
+    """
+    ended = select(
+        MembershipChange.id,
+        MembershipChange.segment_id,
+        MembershipChange.customer_id,
+        MembershipChange.change,
+        MembershipChange.reason,
+        MembershipChange.occurred_at,
+    )
+    going_on = select(
+        SegmentMember.change_id.label("id"),
+        SegmentMember.segment_id,
+        SegmentMember.customer_id,
+        literal("entered", String).label("change"),
+        SegmentMember.reason,
+        SegmentMember.entered_at.label("occurred_at"),
+    )
+    branches = []
+    for query, table in ((ended, MembershipChange), (going_on, SegmentMember)):
+        key = table.id if table is MembershipChange else SegmentMember.change_id
+        if segment_id:
+            query = query.where(table.segment_id == segment_id)
+        if customer_id:
+            query = query.where(table.customer_id == customer_id)
+        if before:
+            query = query.where(key < before)
+        branches.append(query.order_by(key.desc()).limit(limit).subquery())
+    both = union_all(*(select(branch) for branch in branches)).subquery()
+    change = aliased(MembershipChange, both)
+    newest = select(change, Segment).join(Segment, Segment.id == change.segment_id)
+    return (await session.execute(newest.order_by(change.id.desc()).limit(limit))).all()
 
 
 async def segment_sizes(session: AsyncSession, *, segment_id: str, limit: int) -> Sequence[SegmentSize]:

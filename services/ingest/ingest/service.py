@@ -53,24 +53,25 @@ _UNNEST_INCOMING = """
 """
 
 
-# What store_statement() answers: each event's envelope id, or only how many it stored.
-ANSWER_EACH = """
-    SELECT event_id, envelope_id, true AS new FROM inserted
-    UNION ALL
-    SELECT event_id, envelope_id, false FROM ingested_events
-    WHERE source = $1 AND event_id = ANY(ARRAY(SELECT event_id FROM incoming EXCEPT SELECT event_id FROM inserted))
+# What store_statement() answers: the events it did not store, each with the envelope id stored
+# before (NULL: stored by a transaction that committed while this one ran) -- so a batch of new
+# events answers no rows at all; or only how many it stored. The lookup is a subquery per row
+# (one index probe each): as a join the planner may read the source's whole index range.
+ANSWER_REPEATS = """
+    SELECT r.event_id, (SELECT envelope_id FROM ingested_events WHERE source = $1 AND event_id = r.event_id)
+    FROM (SELECT event_id FROM incoming EXCEPT SELECT event_id FROM inserted) r
 """
 COUNT_STORED = "SELECT count(*) FROM inserted"
 
 
-def store_statement(incoming: str, *, answer: str = ANSWER_EACH) -> str:
+def store_statement(incoming: str, *, answer: str = ANSWER_REPEATS) -> str:
     """Store the new rows of `incoming` and queue their envelopes, in one statement (so one transaction).
 
     `incoming` has STORED_COLUMNS and `position` (the order rows are stored and queued in); $1 is
-    the source. ON CONFLICT makes a concurrent repeat a no-op. ANSWER_EACH answers every event_id
-    with the envelope id it has: `new` for those this statement stored, else the one an earlier
-    event stored (one stored by a transaction that committed while this statement ran is not
-    seen: the caller looks those up again).
+    the source; `incoming` names each event_id once. ON CONFLICT makes a concurrent repeat a no-op.
+    ANSWER_REPEATS answers the event_ids it did not store with the envelope id an earlier event
+    stored (NULL for one stored by a transaction that committed while this statement ran, which
+    is not seen: the caller looks those up again).
     """
     return f"""
     WITH incoming AS ({incoming}), inserted AS (
@@ -255,19 +256,32 @@ async def _store(
     if writer is not None and len(events) <= writer.max_events:
         answers = await writer.store(source, events)
     else:
-        answers = _answers(await connection.fetch(_STORE_EVENTS, source, *stored_rows(events)))
+        answers = await store_events(connection, source=source, events=events)
     # Stored by a transaction that committed while this statement ran: visible to the next one.
-    unseen = [p.event_id for _, p in prepared if p.event_id not in answers]
+    unseen = [p.event_id for _, p in prepared if answers[p.event_id][0] is None]
     for event_id, original in (await known_event_ids(connection, source=source, event_ids=unseen)).items():
         answers[event_id] = (original, False)
     for checked, event in prepared:
-        stored_id, new = answers.get(event.event_id, (None, False))
+        stored_id, new = answers[event.event_id]
         accepted = new and stored_id == event.envelope_id  # a second copy in one batch is a duplicate
         checked.result.status, checked.result.id = ("accepted" if accepted else "duplicate"), stored_id
 
 
-def _answers(rows: list[asyncpg.Record]) -> Answers:
-    return {event_id: (envelope_id, new) for event_id, envelope_id, new in rows}
+async def store_events(connection: Database, *, source: str, events: Sequence[PreparedEvent]) -> Answers:
+    """Store the new events with one statement; the first copy of an event_id is the one stored.
+
+    Answers every event_id: (its envelope id, stored now), or (None, False) for one a transaction
+    that committed meanwhile stored (not visible to this statement).
+    """
+    answers: Answers = {}
+    first_copies: list[PreparedEvent] = []
+    for event in events:
+        if event.event_id not in answers:
+            answers[event.event_id] = (event.envelope_id, True)
+            first_copies.append(event)
+    for event_id, original in await connection.fetch(_STORE_EVENTS, source, *stored_rows(first_copies)):
+        answers[event_id] = (original, False)
+    return answers
 
 
 def _is_bad_value(error: Exception) -> bool:
@@ -323,7 +337,7 @@ class GroupedWriter:
     async def _store(self, source: str, group: list[_Queued]) -> None:
         events = [event for queued in group for event in queued.events]
         try:
-            answers = _answers(await self.pool.fetch(_STORE_EVENTS, source, *stored_rows(events)))
+            answers = await store_events(self.pool, source=source, events=events)
         except Exception as error:
             if len(group) > 1 and _is_bad_value(error):
                 for queued in group:

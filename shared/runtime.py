@@ -198,8 +198,10 @@ class ServiceRuntime:
             return "an acknowledged offset went back"
         if not expected <= set((await producer.client.fetch_all_metadata()).topics()):
             return "topics are missing"
-        lost = relay.lost_partitions(await self._end_offsets(reader, relay))
-        return f"partition ends went back: {sorted(lost)[:5]}" if lost else ""
+        before, ends = dict(relay.broker_ends), await self._end_offsets(reader, relay)
+        lost = sorted(relay.lost_partitions(ends))[:5]
+        changes = ", ".join(f"{t}[{p}] {before.get((t, p))} -> {ends.get((t, p), 0)}" for t, p in lost)
+        return f"partition ends went back: {changes}" if lost else ""
 
     async def _recover_from_broker_reset(self, relay: OutboxRelay, reason: str) -> None:
         log.warning("broker lost its log: recreating topics, republishing the outbox", extra={"why": reason})

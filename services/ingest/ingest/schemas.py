@@ -36,7 +36,7 @@ MONEY_LIMIT = Decimal(10) ** MAX_MONEY_EXPONENT
 QUANTUM = {places: Decimal(1).scaleb(-places) for places in range(MAX_MONEY_DECIMALS + 1)}  # 0 -> 1, 2 -> 0.01
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # read-only by convention: a frozen dataclass's __init__ cost ~3 µs per request
 class Limits:
     """What validation needs beyond the input: passed as pydantic's validation context."""
 

@@ -48,11 +48,11 @@ async def lock_for_one_customer(session: AsyncSession) -> None:
 
 
 _TEMPLATE_COLUMNS = ("segment_id", "type", *(f"part{i}" for i in range(PART_COUNT)))
-# Event ids: a random per-statement prefix (80 bits) and the row's number within the statement, shaped
-# as a UUID (version 8, "custom"): unique within the statement by construction, across statements
-# by the prefix. gen_random_uuid() per row cost ~4 µs, 9 s of a million-customer first recompute;
-# an md5 per row about a tenth of that; a row number almost nothing.
-_EVENT_ID = "CAST(:id_prefix AS text) || lpad(to_hex(row_number() OVER ()), 12, '0')"
+# Event ids: a random per-statement prefix (80 bits) and the change's history id (unique in this
+# database for ever: the entry's member `change_id`, the exit's history row id), shaped as a UUID
+# (version 8, "custom"). gen_random_uuid() per row cost ~4 µs, 9 s of a million-customer first
+# recompute; an md5 per row about a tenth of that; this almost nothing.
+_EVENT_ID = "CAST(:id_prefix AS text) || lpad(to_hex({change_id}), 12, '0')"
 # History rows and members share one id sequence: a member's `change_id` is the id its entry had.
 _CHANGE_ID = "nextval('membership_changes_id_seq')"
 
@@ -71,7 +71,8 @@ def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True)
     # construction. It skips the speculative insertion ON CONFLICT costs per row (a duplicate would
     # fail the whole statement, never publish twice). A few customers' update only holds the shared lock.
     on_conflict = "ON CONFLICT DO NOTHING" if customer_filter else ""
-    # Whole-base entries in key order: the member indexes fill page by page, not at random.
+    # Whole-base entries in key order: the member indexes fill page by page, not at random (without
+    # the sort, an index over (segment, change_id) came out 76 % larger and the WAL 5 % more).
     order = "" if customer_filter else "ORDER BY t.segment_id, t.customer_id"
     # Payloads are the envelope templates of envelopes.py filled in per row (a recompute may publish millions).
     payload = payload_sql(
@@ -105,24 +106,27 @@ def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True)
             WHERE m.segment_id = ANY(CAST(:segment_ids AS text[])) {only_customer}
               AND m.segment_id = t.segment_id AND m.customer_id = t.customer_id)
         {order} {on_conflict}
-        RETURNING segment_id, customer_id, reason
+        RETURNING segment_id, customer_id, reason, change_id
     ),
+    exits AS (SELECT e.*, {_CHANGE_ID} AS exit_id FROM exited e),
     logged AS (
         INSERT INTO membership_changes (id, segment_id, customer_id, change, reason, occurred_at)
-        SELECT change_id, segment_id, customer_id, 'entered', reason, entered_at FROM exited
+        SELECT change_id, segment_id, customer_id, 'entered', reason, entered_at FROM exits
         UNION ALL
-        SELECT {_CHANGE_ID}, segment_id, customer_id, 'exited', 'no longer: ' || reason, CAST(:at AS timestamptz)
-        FROM exited
+        SELECT exit_id, segment_id, customer_id, 'exited', 'no longer: ' || reason, CAST(:at AS timestamptz)
+        FROM exits
     ),
     published AS (
         INSERT INTO outbox (event_id, topic, key, payload)
         SELECT c.event_id, CAST(:topic AS text), c.customer_id, {payload}
         FROM (
-            SELECT {_EVENT_ID} AS event_id, u.type, u.segment_id, u.customer_id,
-                   to_json(u.customer_id)::text AS customer_json, u.reason
-            FROM (SELECT '{ENTERED}' AS type, segment_id, customer_id, reason FROM entered
-                  UNION ALL
-                  SELECT '{EXITED}', segment_id, customer_id, 'no longer: ' || reason FROM exited) u
+            SELECT {_EVENT_ID.format(change_id="change_id")} AS event_id, '{ENTERED}' AS type, segment_id,
+                   customer_id, to_json(customer_id)::text AS customer_json, reason
+            FROM entered
+            UNION ALL
+            SELECT {_EVENT_ID.format(change_id="exit_id")}, '{EXITED}', segment_id, customer_id,
+                   to_json(customer_id)::text, 'no longer: ' || reason
+            FROM exits
         ) c
         JOIN unnest({templates}) AS tpl({", ".join(_TEMPLATE_COLUMNS)})
           ON tpl.segment_id = c.segment_id AND tpl.type = c.type

@@ -52,7 +52,9 @@ _TEMPLATE_COLUMNS = ("segment_id", "type", *(f"part{i}" for i in range(PART_COUN
 # database for ever: the entry's member `change_id`, the exit's history row id), shaped as a UUID
 # (version 8, "custom"). gen_random_uuid() per row cost ~4 µs, 9 s of a million-customer first
 # recompute; an md5 per row about a tenth of that; this almost nothing.
-_EVENT_ID = "CAST(:id_prefix AS text) || lpad(to_hex({change_id}), 12, '0')"
+# (`to_hex` of id + 2^48 without its leading 1 is the id in 12 hex digits at half the cost of lpad;
+# history ids stay below 2^48, 281 trillion changes.)
+_EVENT_ID = "CAST(:id_prefix AS text) || substr(to_hex({change_id} + 281474976710656), 2)"
 # History rows and members share one id sequence: a member's `change_id` is the id its entry had.
 _CHANGE_ID = "nextval('membership_changes_id_seq')"
 

@@ -6,14 +6,16 @@ Heavy work stays in SQL (aggregation, quintiles, scoring, membership diffs) or v
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -60,15 +62,21 @@ async def recompute_all(
     await session.execute(text(f"SET LOCAL work_mem = '{settings.recompute_work_mem}'"))
     customers = await build_facts_table(session, as_of=as_of)
     watch.lap("facts")
-    await compute_rfm(session, as_of=as_of)
-    await session.execute(text("ANALYZE rfm_scores"))
-    watch.lap("rfm")
     facts = await fact_arrays(session)
     watch.lap("fetch_facts")
-    await compute_predictions(session, facts=facts, settings=settings, at=at)
+    # The model fits are numpy / SciPy / scikit-learn work in this process while RFM is PostgreSQL's
+    # work in its backend: run both at once (two cores), the fits in a thread. Both only read.
+    fitting = asyncio.ensure_future(asyncio.to_thread(fit_models, facts, settings))
+    try:
+        await compute_rfm(session, as_of=as_of)
+        await session.execute(text("ANALYZE rfm_scores"))
+    finally:
+        fits = await fitting
+    watch.lap("rfm_and_fits")
+    await compute_predictions(session, facts=facts, settings=settings, at=at, fit=fits.clv)
     await session.execute(text("ANALYZE predictions"))
     watch.lap("predictions")
-    await compute_clusters(session, facts=facts, settings=settings)
+    await compute_clusters(session, facts=facts, settings=settings, fit=fits.clusters)
     watch.lap("clusters")
     changes = await sync_all_memberships(session, settings=settings, as_of=as_of, at=at, watch=watch)
     await record_sizes(session, at=at)
@@ -241,17 +249,34 @@ def clv_model_row(
     )
 
 
-async def compute_predictions(
-    session: AsyncSession, *, facts: dict[str, Any], settings: SegmentsSettings, at: datetime
-) -> ClvModel | None:
+@dataclass(frozen=True)
+class ClvFit:
+    bgnbd: clv.BgNbd
+    gamma_gamma: clv.GammaGamma | None
+    customers: int  # fitted on
+    predicted: clv.Predictions  # everyone in the facts, in their order
+
+
+@dataclass(frozen=True)
+class ClusterFit:
+    fitted: clusters.Clustering
+    labels: npt.NDArray[np.int64]  # everyone in the facts, in their order
+
+
+@dataclass(frozen=True)
+class ModelFits:
+    clv: ClvFit | None
+    clusters: ClusterFit | None
+
+
+def fit_models(facts: dict[str, Any], settings: SegmentsSettings) -> ModelFits:
+    """Both model fits and everyone's predictions and clusters: CPU work only, no database."""
+    return ModelFits(fit_clv(facts, settings), fit_clusters(facts, settings))
+
+
+def fit_clv(facts: dict[str, Any], settings: SegmentsSettings) -> ClvFit | None:
+    """BG/NBD and Gamma-Gamma on a sample, everyone predicted; None with too few repeat customers."""
     if not facts or (facts["x"] > 0).sum() < 10:
-        # Too few repeat customers to fit anything: keep earlier predictions of those still here.
-        await session.execute(
-            text(
-                "DELETE FROM predictions p"
-                " WHERE NOT EXISTS (SELECT 1 FROM customer_facts f WHERE f.customer_id = p.customer_id)"
-            )
-        )
         return None
     x, t_x, T, m_x = facts["x"], facts["t_x"], facts["t"], facts["m_x"]
     rng = np.random.default_rng(settings.cluster_seed)
@@ -260,10 +285,6 @@ async def compute_predictions(
     )
     bgnbd = clv.fit_bgnbd(x[fit_rows], t_x[fit_rows], T[fit_rows])
     gamma_gamma = clv.fit_gamma_gamma(x[fit_rows], m_x[fit_rows])
-    model = clv_model_row(bgnbd, gamma_gamma, days_per_unit=1.0, customers=len(x[fit_rows]), calibration_end=None)
-    await session.execute(text("UPDATE clv_models SET active = false WHERE active"))
-    session.add(model)
-    await session.flush()
     predicted = clv.predict(
         bgnbd,
         gamma_gamma,
@@ -275,7 +296,34 @@ async def compute_predictions(
         horizon_days=settings.clv_horizon_days,
         annual_discount_rate=settings.annual_discount_rate,
     )
-    await replace_predictions(session, ids=facts["ids"], predicted=predicted, model_id=model.id, at=at)
+    return ClvFit(bgnbd, gamma_gamma, len(x[fit_rows]), predicted)
+
+
+async def compute_predictions(
+    session: AsyncSession,
+    *,
+    facts: dict[str, Any],
+    settings: SegmentsSettings,
+    at: datetime,
+    fit: ClvFit | Literal["now"] | None = "now",
+) -> ClvModel | None:
+    """Store the fit as the active model and everyone's predictions (`fit` done already, or "now")."""
+    if isinstance(fit, str):
+        fit = fit_clv(facts, settings)
+    if fit is None:
+        # Too few repeat customers to fit anything: keep earlier predictions of those still here.
+        await session.execute(
+            text(
+                "DELETE FROM predictions p"
+                " WHERE NOT EXISTS (SELECT 1 FROM customer_facts f WHERE f.customer_id = p.customer_id)"
+            )
+        )
+        return None
+    model = clv_model_row(fit.bgnbd, fit.gamma_gamma, days_per_unit=1.0, customers=fit.customers, calibration_end=None)
+    await session.execute(text("UPDATE clv_models SET active = false WHERE active"))
+    session.add(model)
+    await session.flush()
+    await replace_predictions(session, ids=facts["ids"], predicted=fit.predicted, model_id=model.id, at=at)
     cut = (
         await session.execute(
             text("SELECT percentile_disc(:q) WITHIN GROUP (ORDER BY clv_365d) FROM predictions"),
@@ -357,14 +405,8 @@ def clustering_of(model: ClusterModel) -> clusters.Clustering:
     )
 
 
-async def compute_clusters(
-    session: AsyncSession, *, facts: dict[str, Any], settings: SegmentsSettings
-) -> ClusterModel | None:
-    """Fit k-means, keep identities by matching centres to the previous fit, stage the assignments."""
-    await session.execute(text("DROP TABLE IF EXISTS cluster_targets"))
-    await session.execute(
-        text("CREATE TEMPORARY TABLE cluster_targets (segment_id text, customer_id text, reason text) ON COMMIT DROP")
-    )
+def fit_clusters(facts: dict[str, Any], settings: SegmentsSettings) -> ClusterFit | None:
+    """k-means on a sample and everyone's nearest centre; None with too few customers."""
     if not facts or len(facts["ids"]) < max(settings.cluster_k_min, 2) * 5:
         return None
     raw = clusters.feature_matrix(facts["recency"], facts["frequency"], facts["monetary"], facts["t"])
@@ -377,6 +419,26 @@ async def compute_clusters(
         seed=settings.cluster_seed,
         threads=settings.cluster_threads,
     )
+    return ClusterFit(fitted, fitted.assign(raw))
+
+
+async def compute_clusters(
+    session: AsyncSession,
+    *,
+    facts: dict[str, Any],
+    settings: SegmentsSettings,
+    fit: ClusterFit | Literal["now"] | None = "now",
+) -> ClusterModel | None:
+    """Keep identities by matching centres to the previous fit, stage the assignments (`fit` done, or "now")."""
+    await session.execute(text("DROP TABLE IF EXISTS cluster_targets"))
+    await session.execute(
+        text("CREATE TEMPORARY TABLE cluster_targets (segment_id text, customer_id text, reason text) ON COMMIT DROP")
+    )
+    if isinstance(fit, str):
+        fit = fit_clusters(facts, settings)
+    if fit is None:
+        return None
+    fitted = fit.fitted
     previous = await latest_cluster_model(session)
     old_raw = None
     if previous is not None:
@@ -395,7 +457,7 @@ async def compute_clusters(
     )
     session.add(model)
     await session.flush()
-    labels = fitted.assign(raw)
+    labels = fit.labels
     descriptions = [clusters.describe(centre) for centre in fitted.centres]
     await session.execute(
         text(

@@ -27,12 +27,13 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+import psutil
 from aiokafka import AIOKafkaProducer
 
 from bench.loadgen import run_load
 from shared.devstack import EmbeddedBroker, EmbeddedPostgres, free_port
 from shared.migrate import upgrade
-from shared.topics import INTERACTIONS, PURCHASES, create_all
+from shared.topics import INTERACTIONS, LOYALTY_ACCOUNTS, PURCHASES, create_all
 
 API_KEY = "cx_bench_" + uuid.uuid4().hex + uuid.uuid4().hex
 
@@ -97,6 +98,90 @@ def make_events(count: int, customers: int, seed: int = 7) -> list[tuple[str, st
     return out
 
 
+def make_platform_events(count: int, customers: int) -> list[tuple[str, str, bytes]]:
+    """What `make bench`'s ingest_batch step makes profiles consume: purchases shaped as bench/run.py
+    sends them (one line, SKU-n % 97, cat-n % 7, 25.00) over `customers` customers, each followed by
+    loyalty's points.earned for it (a growing balance and ledger entry id per customer)."""
+    now = datetime.now(UTC)
+    out: list[tuple[str, str, bytes]] = []
+    balances: dict[str, int] = {}
+    for n in range(count // 2):
+        customer = f"cus-batch-{n % customers}"
+        at = now + timedelta(microseconds=n)
+        data: dict[str, Any] = {
+            "event_id": f"bench-{uuid.uuid4().hex}",
+            "order_id": f"bench-ord-{uuid.uuid4().hex}",
+            "customer_id": customer,
+            "occurred_at": at,
+            "currency": "USD",
+            "channel": "web",
+            "store_id": None,
+            "items": [{"sku": f"SKU-{n % 97}", "name": None, "category": f"cat-{n % 7}", "quantity": 1,
+                       "unit_price": "25.00"}],
+            "total": "25.00",
+        }  # fmt: skip
+        out.append((PURCHASES, customer, envelope("purchase.completed", customer, data, at)))
+        balances[customer] = balances.get(customer, 0) + 25
+        points = {
+            "customer_id": customer,
+            "points": 25,
+            "balance": balances[customer],
+            "cause_type": "purchase",
+            "cause_id": data["order_id"],
+            "entry_id": n + 1,
+            "occurred_at": at,
+        }
+        out.append((LOYALTY_ACCOUNTS, customer, envelope("points.earned", customer, points, at)))
+    return out
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU of a process and its live children."""
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        try:
+            times = each.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def postgres_cpu(postgres: EmbeddedPostgres) -> float:
+    pid = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
+    return cpu_seconds(psutil.Process(pid))
+
+
+async def enable_statement_stats(postgres: EmbeddedPostgres) -> None:
+    conn = await asyncpg.connect(postgres.dsn("profiles"))
+    try:
+        await conn.execute("alter system set shared_preload_libraries = 'pg_stat_statements'")
+    finally:
+        await conn.close()
+    postgres.stop()
+    postgres.start()
+    conn = await asyncpg.connect(postgres.dsn("profiles"))
+    try:
+        await conn.execute("create extension if not exists pg_stat_statements")
+        await conn.execute("select pg_stat_statements_reset()")
+    finally:
+        await conn.close()
+
+
+async def statement_stats(dsn: str, limit: int = 15) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "select calls, round(total_exec_time::numeric, 1) as ms, rows,"
+            " left(regexp_replace(query, '\\s+', ' ', 'g'), 110) as query"
+            " from pg_stat_statements order by total_exec_time desc limit $1",
+            limit,
+        )
+        return [dict(r) | {"ms": float(r["ms"])} for r in rows]
+    finally:
+        await conn.close()
+
+
 async def produce(bootstrap: str, events: list[tuple[str, str, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5)
     await producer.start()
@@ -110,8 +195,8 @@ async def produce(bootstrap: str, events: list[tuple[str, str, bytes]]) -> None:
 def start(module: str, env: dict[str, str], log: Path, profile: str | None = None) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", module]
     if profile:  # py-spy's raw (collapsed) stacks, for a flame graph or grep
-        command = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw", "-o", profile,
-                   "--", *command]  # fmt: skip
+        py_spy = os.environ.get("PY_SPY", str(Path(sys.executable).parent / "py-spy"))
+        command = [py_spy, "record", "-r", "200", "-f", "raw", "-o", profile, "--", *command]
     with log.open("wb") as out:
         return subprocess.Popen(command, env=os.environ | env, stdout=out, stderr=out)
 
@@ -124,6 +209,18 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
+async def first_commit(dsn: str, cpu_now: Any) -> tuple[int, tuple[float, float]]:
+    """Wait for the consumer's first commit; (messages processed then, CPU then)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while not await conn.fetchval("select exists (select from processed_messages)"):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        done = await conn.fetchval("select count(*) from processed_messages where consumer = 'profiles'")
+        return int(done), cpu_now()
+    finally:
+        await conn.close()
+
+
 async def consumer_rate(dsn: str, expected: int, timeout: float) -> dict[str, Any]:
     """Wait until `expected` messages are processed and no profile is dirty; rates from processed_at."""
     conn = await asyncpg.connect(dsn)
@@ -131,10 +228,9 @@ async def consumer_rate(dsn: str, expected: int, timeout: float) -> dict[str, An
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             done = await conn.fetchval("select count(*) from processed_messages where consumer = 'profiles'")
-            dirty = await conn.fetchval("select count(*) from customers where dirty")
-            if done >= expected and dirty == 0:
+            if done >= expected and not await conn.fetchval("select exists (select from customers where dirty)"):
                 break
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
         first, last, done = await conn.fetchrow(
             "select min(processed_at), max(processed_at), count(*) from processed_messages where consumer = 'profiles'"
         )
@@ -217,6 +313,12 @@ def main() -> None:
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--profile", help="record the worker with py-spy into this file (raw stacks)")
     parser.add_argument("--skip-get", action="store_true")
+    parser.add_argument(
+        "--shape", choices=["mixed", "platform"], default="mixed",
+        help="mixed: purchases (2 lines) and interactions; platform: purchases as make bench sends them"
+        " and their points.earned",
+    )  # fmt: skip
+    parser.add_argument("--statements", action="store_true", help="report pg_stat_statements of the consumer run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="profiles-bench-") as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "pg", free_port())
@@ -228,6 +330,8 @@ def main() -> None:
             url = postgres.url("profiles")
             upgrade("profiles", url)
             asyncio.run(create_all(broker.bootstrap))
+            if args.statements:
+                asyncio.run(enable_statement_stats(postgres))
             env = {
                 "PROFILES_DATABASE_URL": url,
                 "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
@@ -236,14 +340,33 @@ def main() -> None:
             }
             if args.code:
                 env["PYTHONPATH"] = args.code
-            events = make_events(args.events, args.customers)
+            if args.shape == "platform":
+                events = make_platform_events(args.events, args.customers)
+            else:
+                events = make_events(args.events, args.customers)
             asyncio.run(produce(broker.bootstrap, events))
             workers = [
                 start("profiles.worker", env, Path(tmp) / f"worker-{n}.log", args.profile if n == 0 else None)
                 for n in range(args.workers)
             ]
             try:
-                consumer = asyncio.run(consumer_rate(postgres.dsn("profiles"), args.events, timeout=600))
+
+                def cpu_now() -> tuple[float, float]:
+                    return sum(cpu_seconds(psutil.Process(w.pid)) for w in workers), postgres_cpu(postgres)
+
+                # CPU from the first commit on (the worker's start-up is not the consumer's cost).
+                first_done, (worker_before, postgres_before) = asyncio.run(
+                    first_commit(postgres.dsn("profiles"), cpu_now)
+                )
+                consumer = asyncio.run(consumer_rate(postgres.dsn("profiles"), len(events), timeout=600))
+                worker_after, postgres_after = cpu_now()
+                applied = consumer["processed"] - first_done
+                consumer["cpu_ms_per_1000_events"] = {
+                    "worker": round((worker_after - worker_before) * 1e6 / max(1, applied), 1),
+                    "postgres": round((postgres_after - postgres_before) * 1e6 / max(1, applied), 1),
+                }
+                if args.statements:
+                    consumer["statements"] = asyncio.run(statement_stats(postgres.dsn("profiles")))
                 result: dict[str, Any] = {"consumer": consumer}
                 if not args.skip_get:  # the API process alone serves; the worker, caught up, stays idle
                     port = free_port()

@@ -158,14 +158,17 @@ def profile_snapshot(
 async def top_categories(
     conn: asyncpg.Connection, customer_ids: Sequence[str], *, settings: ProfilesSettings
 ) -> dict[str, list[str]]:
-    # Per customer through the primary key: with `customer_id = any($1)`, the cached generic plan
-    # scanned every category row by (kind, key), slower as the table grew (125 ms for 500 customers).
+    # Per customer through the primary key, and only it: the subquery (`offset 0` keeps the kind
+    # filter out of it) reads a customer's rows by customer_id. With `kind = 'category'` in the scan,
+    # the generic plan cached while the table was nearly empty could scan every category row by
+    # (kind, key) for each customer: 6.4 s for 500 customers at 40,000 rows (7.7 ms now).
     rows = await conn.fetch(
         """
         select u.customer_id, a.key from unnest($1::text[]) as u(customer_id)
         cross join lateral (
-            select key, purchased * $2::numeric + views * $3::numeric as score from affinities
-            where customer_id = u.customer_id and kind = 'category' order by score desc, key limit $4) a
+            select key, purchased * $2::numeric + views * $3::numeric as score
+            from (select kind, key, purchased, views from affinities where customer_id = u.customer_id offset 0) mine
+            where kind = 'category' order by score desc, key limit $4) a
         order by u.customer_id, a.score desc, a.key
         """,
         list(customer_ids),
@@ -228,9 +231,10 @@ def changed_fields(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -
 
 
 async def publish_profile_changes(
-    session: AsyncSession, *, settings: ProfilesSettings, now: datetime, limit: int | None = None
-) -> tuple[int, int]:
-    """One batch of dirty profiles: publish profile.updated for those that changed; (claimed, published).
+    session: AsyncSession, *, settings: ProfilesSettings, now: datetime, limit: int | None = None, after: str = ""
+) -> tuple[int, int, str]:
+    """One batch of dirty profiles after the key `after`: publish profile.updated for those that changed;
+    (claimed, published, last key claimed).
 
     Claimed with `for update skip locked`, so a profile the consumer is changing waits for the next run.
     """
@@ -238,12 +242,13 @@ async def publish_profile_changes(
     claimed = await conn.fetch(
         f"""
         select {SNAPSHOT_COLUMNS}, c.published::text as published from customers c
-        where c.dirty order by c.customer_id limit $1 for update skip locked
+        where c.dirty and c.customer_id > $2 order by c.customer_id limit $1 for update skip locked
         """,
         limit or settings.publish_batch_size,
+        after,
     )
     if not claimed:
-        return 0, 0
+        return 0, 0, after
     rows = [customer_row(record) for record in claimed]
     ids = [row["customer_id"] for row in rows]
     categories = await top_categories(conn, ids, settings=settings)
@@ -297,14 +302,22 @@ async def publish_profile_changes(
             [m[1] for m in messages],
             [m[2] for m in messages],
         )
-    return len(rows), len(messages)
+    return len(rows), len(messages), ids[-1]
 
 
 async def publish_all_changes(session: AsyncSession, *, settings: ProfilesSettings, now: datetime) -> int:
-    """Publish batches until no unlocked dirty profile is left; returns how many were published."""
-    total = 0
+    """Publish batches until no unlocked dirty profile is left; returns how many were published.
+
+    Each batch starts after the last key claimed: the `customers_dirty` index entries of the rows this
+    transaction already published stay until it ends, and claiming from the first key every time
+    walked them all again (draining 20,000 dirty profiles took up to a minute).
+    """
+    total, after = 0, ""
     while True:
-        claimed, published = await publish_profile_changes(session, settings=settings, now=now)
+        claimed, published, after = await publish_profile_changes(session, settings=settings, now=now, after=after)
         total += published
-        if claimed == 0:
+        if claimed:
+            continue
+        if not after:
             return total
+        after = ""  # once more from the first key: profiles made dirty behind the last one

@@ -146,3 +146,17 @@ async def test_each_customer_in_a_publish_batch_gets_their_own_top_categories(
     (theirs,) = await published(session, other.customer_id)
     assert mine["data"]["profile"]["top_categories"] == ["cat-6", "cat-5", "cat-4", "cat-3", "cat-2"]
     assert theirs["data"]["profile"]["top_categories"] == ["home", "tea"]  # ties broken by views, then key
+
+
+async def test_every_dirty_profile_is_published_when_they_take_several_batches(session: AsyncSession) -> None:
+    customers = [Events(f"cus-{uuid.uuid4().hex[:12]}") for _ in range(5)]
+    for customer in customers:
+        await customer.apply(session, customer.purchase("o-1", days_ago=1, items=[("TEA", "tea", 1, "5.00")]))
+    small_batches = ProfilesSettings(consumers_enabled=False, publish_batch_size=2)
+    assert await publish_all_changes(session, settings=small_batches, now=Events.now) >= 5
+    for customer in customers:
+        assert len(await published(session, customer.customer_id)) == 1
+    dirty = await session.execute(
+        select(Customer.customer_id).where(Customer.customer_id.in_([c.customer_id for c in customers]), Customer.dirty)
+    )
+    assert dirty.all() == []

@@ -2,7 +2,8 @@
 
 Entries are `INSERT ... RETURNING` of the wanted rows not yet stored (`ON CONFLICT DO NOTHING` too
 for one customer, see `_diff_sql`) and exits `DELETE ... RETURNING`, and the history rows and outbox
-events are written from exactly those returned rows, in the same statement.
+events are written from exactly those returned rows, in the same statement. (While a stay lasts its
+member row is also its entry's history row; the exit writes both history rows.)
 So an event exists only for a row that really changed: a redelivered input, a repeated recompute
 or a real-time update racing a recompute can never publish a second entered (or exited) for the
 same stay, and nothing is published when nothing changed.

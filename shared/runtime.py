@@ -208,9 +208,22 @@ class ServiceRuntime:
         relay.forget_partition_ends()
         if self.consumer is not None:
             self.consumer.rewind()
-        await ensure_topics(self.settings.kafka_bootstrap_servers, all_topics(self.settings.topic_partitions))
+        expected = all_topics(self.settings.topic_partitions)
+        await ensure_topics(self.settings.kafka_bootstrap_servers, expected)
+        if self.producer is not None:  # sends to the recreated topics need their partitions at once
+            await self.producer.client.force_metadata_update()
+            self._check_partition_counts(self.producer, expected)
         await relay.republish_retained()
         relay.wake()
+
+    @staticmethod
+    def _check_partition_counts(producer: AIOKafkaProducer, expected: dict[str, int]) -> None:
+        """A topic with fewer partitions than configured was created by someone else (auto-creation)."""
+        for topic in producer.client.cluster.topics() & expected.keys():  # the topics this producer writes
+            found = len(producer.client.cluster.partitions_for_topic(topic) or ())
+            if found < expected[topic]:
+                counts = {"topic": topic, "found": found, "expected": expected[topic]}
+                log.error("topic has fewer partitions than configured", extra=counts)
 
     async def _start_offsets_reader(self) -> AIOKafkaConsumer:
         # No group: it only asks for end offsets, never fetches or commits.

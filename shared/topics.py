@@ -41,6 +41,32 @@ def all_topics(partitions: int = 6) -> dict[str, int]:
     return topics
 
 
+def forbid_topic_auto_creation() -> None:
+    """Make every aiokafka metadata request ask the broker not to create the topics it names.
+
+    aiokafka asks for auto-creation by default. A broker that came back empty (the embedded Tansu)
+    then creates each topic a client still knows with its default of 4 partitions, before the owner
+    recreates it with 6; messages a producer with the old metadata sends to partitions 4 and 5 are
+    acknowledged and never readable. Topics are created only by `ensure_topics`, with their counts.
+    """
+    from aiokafka.protocol import metadata
+
+    if getattr(metadata.MetadataRequest, "_cx_no_auto_create", False):
+        return
+    original = metadata.MetadataRequest.__init__
+
+    def without_auto_creation(
+        self: metadata.MetadataRequest, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False
+    ) -> None:
+        original(self, topics, allow_auto_topic_creation)
+
+    metadata.MetadataRequest.__init__ = without_auto_creation
+    metadata.MetadataRequest._cx_no_auto_create = True
+
+
+forbid_topic_auto_creation()  # on import: every process that names a topic has it
+
+
 async def create_all(bootstrap: str, partitions: int = 6) -> None:
     from shared.devstack import ensure_topics
 

@@ -307,23 +307,24 @@ async def purchase_to_points(key: str, rate: float, seconds: float, prefix: str 
     }
 
 
-async def me_under_load(key: str, jwt_secret: str, requests: int) -> Results:
-    """GET /v1/me for many members while a steady purchase stream runs against ingest."""
-    members = await _member_ids(2000)
-    tokens = [issue_customer_token(m, jwt_secret).encode() for m in members] or [b""]
-    background_bodies = [orjson.dumps(purchase_body(f"cus-bg-{i % 3000}", i)) for i in range(200_000)]
-    pressure = asyncio.create_task(
+def _ingest_pressure(key: str) -> asyncio.Task[Any]:
+    """A steady purchase stream against ingest (300/s), until cancelled: the load reads are measured under."""
+    bodies = [orjson.dumps(purchase_body(f"cus-bg-{i % 3000}", i)) for i in range(200_000)]
+    return asyncio.create_task(
         run_load(
             url("ingest"),
-            lambda i: ("POST", "/v1/purchases", background_bodies[i]),
-            total=len(background_bodies),
+            lambda i: ("POST", "/v1/purchases", bodies[i]),
+            total=len(bodies),
             connections=4,
             rate_per_second=300,
             max_seconds=3600,
             headers={"Authorization": f"Bearer {key}"},
         )
     )
-    port = int(os.environ["LOYALTY_PORT"])
+
+
+async def _closed_loop_gets(port: int, path: str, requests: int, tokens: list[bytes]) -> LoadResult:
+    """`requests` GETs over 32 connections, each sent as soon as the previous answer came."""
     result = LoadResult()
     counter = iter(range(requests))
     started = time.perf_counter()
@@ -333,10 +334,9 @@ async def me_under_load(key: str, jwt_secret: str, requests: int) -> Results:
         await conn.open()
         try:
             for i in counter:
-                token = tokens[i % len(tokens)]
-                conn.fixed_headers = b"Authorization: Bearer " + token + b"\r\n"
+                conn.fixed_headers = b"Authorization: Bearer " + tokens[i % len(tokens)] + b"\r\n"
                 sent = time.perf_counter()
-                status, _ = await conn.request("GET", "/v1/me")
+                status, _ = await conn.request("GET", path)
                 result.latencies_ms.append((time.perf_counter() - sent) * 1000)
                 result.statuses[status] += 1
                 result.requests += 1
@@ -345,9 +345,44 @@ async def me_under_load(key: str, jwt_secret: str, requests: int) -> Results:
 
     await asyncio.gather(*(reader() for _ in range(32)))
     result.seconds = time.perf_counter() - started
-    pressure.cancel()
-    await asyncio.gather(pressure, return_exceptions=True)
+    return result
+
+
+async def _member_tokens(jwt_secret: str) -> tuple[list[str], list[bytes]]:
+    members = await _member_ids(2000)
+    return members, [issue_customer_token(m, jwt_secret).encode() for m in members] or [b""]
+
+
+async def me_under_load(key: str, jwt_secret: str, requests: int) -> Results:
+    """GET /v1/me for many members while a steady purchase stream runs against ingest."""
+    members, tokens = await _member_tokens(jwt_secret)
+    pressure = _ingest_pressure(key)
+    try:
+        result = await _closed_loop_gets(int(os.environ["LOYALTY_PORT"]), "/v1/me", requests, tokens)
+    finally:
+        pressure.cancel()
+        await asyncio.gather(pressure, return_exceptions=True)
     return result.summary() | {"members": len(members)}
+
+
+async def bare_get_under_load(key: str, jwt_secret: str, requests: int) -> Results:
+    """The ceiling for GET /v1/me: a bare FastAPI GET, as many processes as loyalty's API, the same load."""
+    _, tokens = await _member_tokens(jwt_secret)
+    processes = int(os.environ.get("LOYALTY_API_PROCESSES", "2"))
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "bench" / "bare_app.py"), str(port), str(processes)
+    )
+    pressure = _ingest_pressure(key)
+    try:
+        await _wait_port(port)
+        result = await _closed_loop_gets(port, "/v1/me", requests, tokens)
+    finally:
+        pressure.cancel()
+        await asyncio.gather(pressure, return_exceptions=True)
+        server.terminate()
+        await server.wait()
+    return result.summary() | {"processes": processes}
 
 
 async def profile_reads(key: str, requests: int) -> Results:
@@ -570,6 +605,7 @@ def ratio(value: float | None, limit: float | None) -> str:
 def print_table(results: Results) -> None:
     limits = results["limits"]
     bare, copy, broker = (limits.get(name, {}) for name in ("bare_fastapi", "raw_copy", "raw_broker"))
+    bare_get = limits.get("bare_get_under_load", {})
     rows: list[tuple[str, str, str, str]] = []
 
     def add(name: str, figure: str, goal: str, limit: str) -> None:
@@ -617,7 +653,8 @@ def print_table(results: Results) -> None:
             "GET /v1/me under ingest load",
             f"{me['per_second']:.0f}/s p99 {me['p99_ms']} ms",
             ">= 5,000/s, p99 < 20 ms",
-            f"{ratio(me['per_second'], bare.get('per_second'))} of bare FastAPI",
+            f"{ratio(me['per_second'], bare_get.get('per_second'))} of a bare FastAPI GET under the same load"
+            f" {bare_get.get('per_second', 0):.0f}/s",
         )
     if profile := results.get("profile_reads"):
         add(
@@ -661,6 +698,13 @@ def print_table(results: Results) -> None:
         )
     if bare:
         add("machine: bare FastAPI", f"{bare['per_second']:.0f}/s p99 {bare['p99_ms']} ms", "", "limit")
+    if bare_get:
+        add(
+            "machine: bare FastAPI GET under ingest load",
+            f"{bare_get['per_second']:.0f}/s p99 {bare_get['p99_ms']} ms ({bare_get['processes']} processes)",
+            "",
+            "limit",
+        )
     if copy:
         add("machine: raw COPY", f"{copy['per_second']:.0f} rows/s", "", "limit")
     if broker:
@@ -700,6 +744,7 @@ async def measure(
         ("purchase_to_points_light", lambda: purchase_to_points(key, 20, 10 * scale, prefix="cus-lite-")),
         ("profile_to_membership_light", lambda: profile_to_membership(bootstrap, prefix="cus-lite-")),
         ("ingest_single", lambda: ingest_single(key, n(20_000))),
+        ("limits.bare_get_under_load", lambda: bare_get_under_load(key, jwt_secret, n(50_000))),
         ("me_under_load", lambda: me_under_load(key, jwt_secret, n(50_000))),
         ("ingest_batch", lambda: ingest_batch(key, n(100))),
         ("consumer_catch_up", consumer_catch_up),

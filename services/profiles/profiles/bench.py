@@ -147,6 +147,10 @@ def cpu_seconds(process: psutil.Process) -> float:
     return total
 
 
+def api_cpu(apis: list[subprocess.Popen[bytes]]) -> float:
+    return sum(cpu_seconds(psutil.Process(api.pid)) for api in apis)
+
+
 def postgres_cpu(postgres: EmbeddedPostgres) -> float:
     pid = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
     return cpu_seconds(psutil.Process(pid))
@@ -383,7 +387,13 @@ def main() -> None:
                         for api in apis:
                             asyncio.run(wait_ready(base, api))
                         ids = sorted({key for _, key, _ in events})
+                        api_before, postgres_before = api_cpu(apis), postgres_cpu(postgres)
                         result["get_customer"] = asyncio.run(get_latency(base, ids, args.requests, args.rate))
+                        served = sum(part["requests"] for part in result["get_customer"].values()) + 500  # + warm-up
+                        result["get_customer"]["cpu_us_per_request"] = {
+                            "api": round((api_cpu(apis) - api_before) * 1e6 / served),
+                            "postgres": round((postgres_cpu(postgres) - postgres_before) * 1e6 / served),
+                        }
                         result["get_customer"]["api_processes"] = args.api_processes
                     finally:
                         for api in apis:

@@ -111,6 +111,7 @@ class OutboxRelay:
         # only grow, so an acknowledgement or an end offset below it means the broker lost its log.
         self.partition_ends: dict[tuple[str, int], int] = {}
         self.broker_ends: dict[tuple[str, int], int] = {}
+        self._suspects: set[tuple[str, int]] = set()
         self.broker_lost_log = asyncio.Event()
         # Counts broker resets seen. A batch in flight across one may hold acknowledgements from the
         # old broker; marking it published after the retained rows were queued again would lose it.
@@ -210,18 +211,26 @@ class OutboxRelay:
 
         Tansu answers ListOffsets "latest" with the last batch's base offset + 1, short of the true end,
         so the test is: empty although this relay saw acknowledgements, or below an end it reported earlier.
+        Under load Tansu has now and then answered 0 for a partition it had just acknowledged, so a
+        partition counts as lost only when two checks in a row say so; until then the earlier end stays.
         """
-        lost = []
+        lost, suspects = [], set()
         for partition in self.partition_ends:
             end = end_offsets.get(partition, 0)
             if end == 0 or end < self.broker_ends.get(partition, 0):
-                lost.append(partition)
+                if partition in self._suspects:
+                    lost.append(partition)
+                else:
+                    suspects.add(partition)
+                continue
             self.broker_ends[partition] = end
+        self._suspects = suspects
         return lost
 
     def forget_partition_ends(self) -> None:
         """After a broker reset: the new log starts again at 0."""
         self.resets += 1
+        self._suspects = set()
         self.partition_ends.clear()
         self.broker_ends.clear()
         self.broker_lost_log.clear()

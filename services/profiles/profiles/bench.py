@@ -406,6 +406,10 @@ def main() -> None:
             if args.keep_logs:
                 for name in ("worker-0.log", "api-0.log"):
                     print(name, (Path(tmp) / name).read_text()[-3000:])
+            server_log = postgres.log_path.read_text(errors="replace").splitlines()
+            for n, line in enumerate(server_log):  # with the statements involved, which the worker's log lacks
+                if "deadlock detected" in line:
+                    print("\n".join(server_log[n : n + 30]), file=sys.stderr)
         finally:
             broker.stop()
             postgres.stop()

@@ -29,6 +29,7 @@ from shared.topics import PROFILES
 PRIVATE_TRAITS = frozenset({"email", "phone", "name", "first_name", "last_name", "address"})
 
 Row = Mapping[str, Any]
+PUBLISH_LOCK_TIMEOUT = "200ms"
 JSON_COLUMNS = ("order_channels", "interaction_counts", "interaction_channels", "published")
 # What a snapshot reads from customers (jsonb as text: the connection's codecs do not matter).
 SNAPSHOT_COLUMNS = """
@@ -312,6 +313,11 @@ async def publish_all_changes(session: AsyncSession, *, settings: ProfilesSettin
     transaction already published stay until it ends, and claiming from the first key every time
     walked them all again (draining 20,000 dirty profiles took up to a minute).
     """
+    # The publisher never needs to wait (its claims skip locked rows), yet its write-back has been seen
+    # to deadlock with a consumer's upsert: give up well before the 1 s deadlock check, so the
+    # publisher (cheap to retry at the next run) is the one rolled back, not the consumer's batch
+    # (re-applied message by message) and neither stalls a second.
+    await (await transaction_connection(session)).execute(f"set local lock_timeout = '{PUBLISH_LOCK_TIMEOUT}'")
     total, after = 0, ""
     while True:
         claimed, published, after = await publish_profile_changes(session, settings=settings, now=now, after=after)

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from profiles.config import ProfilesSettings
@@ -231,6 +232,20 @@ def changed_fields(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -
     return sorted(key for key in after if before.get(key) != after[key])
 
 
+async def _begun(session: AsyncSession) -> asyncpg.Connection:
+    """The session's asyncpg connection, inside the session's transaction.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN only with the first statement SQLAlchemy itself executes:
+    statements sent straight to asyncpg before that each committed on their own. The publisher job's
+    claim, write-back and outbox rows were so three transactions, its `for update skip locked` locks
+    gone as soon as the claim returned (and the write-back deadlocked with the consumer's upserts).
+    The consumer's batches were not affected: its processed-message rows go first, through SQLAlchemy.
+    """
+    # Also: give up on a lock wait well before the 1 s deadlock check (nothing here should wait).
+    await session.execute(text(f"set local lock_timeout = '{PUBLISH_LOCK_TIMEOUT}'"))
+    return await transaction_connection(session)
+
+
 async def publish_profile_changes(
     session: AsyncSession, *, settings: ProfilesSettings, now: datetime, limit: int | None = None, after: str = ""
 ) -> tuple[int, int, str]:
@@ -239,7 +254,7 @@ async def publish_profile_changes(
 
     Claimed with `for update skip locked`, so a profile the consumer is changing waits for the next run.
     """
-    conn = await transaction_connection(session)
+    conn = await _begun(session)
     claimed = await conn.fetch(
         f"""
         select {SNAPSHOT_COLUMNS}, c.published::text as published from customers c
@@ -313,11 +328,6 @@ async def publish_all_changes(session: AsyncSession, *, settings: ProfilesSettin
     transaction already published stay until it ends, and claiming from the first key every time
     walked them all again (draining 20,000 dirty profiles took up to a minute).
     """
-    # The publisher never needs to wait (its claims skip locked rows), yet its write-back has been seen
-    # to deadlock with a consumer's upsert: give up well before the 1 s deadlock check, so the
-    # publisher (cheap to retry at the next run) is the one rolled back, not the consumer's batch
-    # (re-applied message by message) and neither stalls a second.
-    await (await transaction_connection(session)).execute(f"set local lock_timeout = '{PUBLISH_LOCK_TIMEOUT}'")
     total, after = 0, ""
     while True:
         claimed, published, after = await publish_profile_changes(session, settings=settings, now=now, after=after)

@@ -16,7 +16,7 @@ from profiles.models import Customer
 from profiles.portrait import publish_all_changes
 from profiles.testing import Events
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.testing import TestPlatform, rollback_session
 from shared.topics import PROFILES
@@ -160,3 +160,25 @@ async def test_every_dirty_profile_is_published_when_they_take_several_batches(s
         select(Customer.customer_id).where(Customer.customer_id.in_([c.customer_id for c in customers]), Customer.dirty)
     )
     assert dirty.all() == []
+
+
+async def test_the_publisher_writes_nothing_when_its_transaction_rolls_back(
+    platform: TestPlatform, events: Events
+) -> None:
+    """Its claim, write-back and outbox rows are one transaction (sent straight to asyncpg, they were not)."""
+    sessionmaker = async_sessionmaker(platform.engine("profiles"), expire_on_commit=False)
+    async with sessionmaker() as session, session.begin():
+        await session.execute(text("select 1"))  # as the consumer's processed rows do: BEGIN is sent
+        await events.apply(session, events.purchase("o-1", days_ago=1, items=[("TEA", "tea", 1, "5.00")]))
+    with pytest.raises(RuntimeError):
+        async with sessionmaker() as session, session.begin():
+            assert await publish_all_changes(session, settings=SETTINGS, now=Events.now) >= 1
+            raise RuntimeError("the job fails after publishing")
+    async with sessionmaker() as session:
+        assert await published(session, events.customer_id) == []
+        dirty = await session.execute(select(Customer.dirty).where(Customer.customer_id == events.customer_id))
+        assert dirty.scalar_one() is True
+    async with sessionmaker() as session, session.begin():
+        assert await publish_all_changes(session, settings=SETTINGS, now=Events.now) >= 1
+    async with sessionmaker() as session:
+        assert len(await published(session, events.customer_id)) == 1

@@ -18,7 +18,9 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import func, insert, select, update
+from aiokafka.errors import KafkaTimeoutError, UnknownTopicOrPartitionError
+from sqlalchemy import BigInteger, any_, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from shared.envelope import Envelope
@@ -26,6 +28,9 @@ from shared.migrations import OUTBOX_CHANNEL
 from shared.tables import outbox
 
 log = logging.getLogger(__name__)
+
+# What a send to a topic the broker does not have fails with (after waiting for its metadata).
+_MISSING_TOPIC_ERRORS = (KafkaTimeoutError, UnknownTopicOrPartitionError)
 
 
 class MessageTooLarge(ValueError):
@@ -177,7 +182,7 @@ class OutboxRelay:
             if not rows:
                 return 0
             resets_before = self.resets
-            results = await asyncio.gather(*[await self._send(row) for row in rows], return_exceptions=True)
+            results = await asyncio.gather(*await self._send_all(rows), return_exceptions=True)
             if self.resets != resets_before:
                 # Some acknowledgements may come from the broker that lost its log: publish all again.
                 log.warning("broker reset while a batch was in flight; it stays pending", extra={"relay": self.name})
@@ -188,7 +193,8 @@ class OutboxRelay:
             if acked:
                 await conn.execute(
                     update(outbox)
-                    .where(outbox.c.id.in_(acked))
+                    # One array parameter: an expanded IN list is compiled again for every batch size.
+                    .where(outbox.c.id == any_(bindparam("acked", acked, type_=ARRAY(BigInteger))))
                     .values(state="published", published_at=func.now(), last_error=None)
                 )
             for row, error in failed:
@@ -234,6 +240,24 @@ class OutboxRelay:
         self.partition_ends.clear()
         self.broker_ends.clear()
         self.broker_lost_log.clear()
+
+    async def _send_all(self, rows: Sequence[Any]) -> list[asyncio.Future[Any]]:
+        """Queue every row; once a topic turned out missing, its other rows fail at once.
+
+        A send to a topic the broker does not have waits for its metadata until the request timeout
+        (no client creates topics): once per topic and batch, not once per row.
+        """
+        futures, missing = [], set()
+        for row in rows:
+            if row.topic in missing:
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(UnknownTopicOrPartitionError(f"topic {row.topic} is missing"))
+            else:
+                future = await self._send(row)
+                if future.done() and isinstance(future.exception(), _MISSING_TOPIC_ERRORS):
+                    missing.add(row.topic)
+            futures.append(future)
+        return futures
 
     async def _send(self, row: Any) -> asyncio.Future[Any]:
         """Queue one row; a row the producer refuses outright fails alone instead of blocking the batch."""

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -18,6 +19,12 @@ from shared.testing import TestPlatform
 
 TOPIC = "test.things.v1"
 PARTITION = TopicPartition(TOPIC, 0)
+
+
+@pytest.fixture(autouse=True)
+async def topics(platform: TestPlatform) -> None:
+    # Dead letters go to the outbox of the database used here; its relay must find their topic.
+    await ensure_topics(platform.bootstrap, {TOPIC: 1, f"{TOPIC}.dlq": 1})
 
 
 def record(value: bytes, offset: int = 0) -> ConsumerRecord[bytes, bytes]:

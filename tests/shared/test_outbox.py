@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -120,6 +121,30 @@ async def test_a_refused_row_is_retried_with_backoff_and_others_go_on(
         await conn.execute(update(outbox).where(outbox.c.id == row.id).values(next_attempt_at=row.created_at))
     await drain(engine, kafka, platform)
     assert await states(engine, [big.envelope.id]) == {big.envelope.id: "published"}
+
+
+async def test_rows_for_a_missing_topic_wait_once_per_batch_and_the_others_go_on(
+    engine: AsyncEngine, platform: TestPlatform
+) -> None:
+    quick = AIOKafkaProducer(bootstrap_servers=platform.bootstrap, acks="all", request_timeout_ms=1000)
+    await quick.start()
+    missing = f"test.missing.{uuid.uuid4().hex[:8]}.v1"
+    lost = [OutgoingMessage(missing, "cus-1", message(f"lost-{i}").envelope) for i in range(5)]
+    fine = message("fine-beside-missing")
+    try:
+        async with async_sessionmaker(engine)() as session, session.begin():
+            await add_to_outbox(session, [*lost, fine])
+        started = time.monotonic()
+        await relay(engine, quick, platform).publish_batch()
+        assert time.monotonic() - started < 4  # one metadata wait for the topic, not one per row
+    finally:
+        await quick.stop()
+    ids = [m.envelope.id for m in lost]
+    assert await states(engine, [*ids, fine.envelope.id]) == dict.fromkeys(ids, "pending") | {
+        fine.envelope.id: "published"
+    }
+    async with engine.begin() as conn:  # nobody else's relay should trip over them
+        await conn.execute(outbox.delete().where(outbox.c.event_id.in_(ids)))
 
 
 async def test_event_over_the_size_limit_is_refused_at_write_time(engine: AsyncEngine) -> None:

@@ -322,18 +322,36 @@ async def publish_profile_changes(
 
 
 async def publish_all_changes(session: AsyncSession, *, settings: ProfilesSettings, now: datetime) -> int:
-    """Publish batches until no unlocked dirty profile is left; returns how many were published.
+    """Publish batches until no unlocked dirty profile is left; returns how many were published."""
+    published, _ = await publish_changes(session, settings=settings, now=now)
+    return published
+
+
+async def publish_changes(
+    session: AsyncSession,
+    *,
+    settings: ProfilesSettings,
+    now: datetime,
+    max_profiles: int | None = None,
+    after: str = "",
+) -> tuple[int, str]:
+    """Publish batches of dirty profiles from the key `after` on, until none is left (then once more
+    from the first key) or `max_profiles` were claimed; (published, key to continue after).
 
     Each batch starts after the last key claimed: the `customers_dirty` index entries of the rows this
     transaction already published stay until it ends, and claiming from the first key every time
-    walked them all again (draining 20,000 dirty profiles took up to a minute).
+    walked them all again (draining 20,000 dirty profiles took up to a minute). `max_profiles`
+    bounds the transaction: the claimed rows stay locked until it ends, and a consumer batch that
+    touches one of them waits for it.
     """
-    total, after = 0, ""
-    while True:
+    total, claimed_total, wrapped = 0, 0, not after
+    while max_profiles is None or claimed_total < max_profiles:
         claimed, published, after = await publish_profile_changes(session, settings=settings, now=now, after=after)
         total += published
+        claimed_total += claimed
         if claimed:
             continue
-        if not after:
-            return total
-        after = ""  # once more from the first key: profiles made dirty behind the last one
+        if wrapped and not after:
+            return total, ""
+        after, wrapped = "", True  # once more from the first key: profiles made dirty behind the last one
+    return total, after

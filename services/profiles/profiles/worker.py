@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from profiles.config import ProfilesSettings
 from profiles.handlers import BATCH_HANDLERS, HANDLERS
 from profiles.lifecycle import reevaluate_stages
-from profiles.portrait import publish_all_changes
+from profiles.portrait import publish_changes
 from profiles.recommendations import rebuild_recommendations
 from profiles.service import utcnow
 from shared.jobs import every
@@ -39,8 +39,12 @@ CONSUMES = [
 
 
 def jobs(settings: ProfilesSettings) -> list[Job]:
+    resume_after = [""]  # where the last run stopped: bounded runs take every profile in turn
+
     async def publish_changed_profiles(session: AsyncSession) -> None:
-        await publish_all_changes(session, settings=settings, now=utcnow())
+        _, resume_after[0] = await publish_changes(
+            session, settings=settings, now=utcnow(), max_profiles=settings.publish_max_per_run, after=resume_after[0]
+        )
 
     async def reevaluate_lifecycle_stages(session: AsyncSession) -> None:
         await reevaluate_stages(session, settings=settings, now=utcnow())

@@ -13,7 +13,7 @@ import pytest
 from profiles.config import ProfilesSettings
 from profiles.lifecycle import reevaluate_stages
 from profiles.models import Customer
-from profiles.portrait import publish_all_changes
+from profiles.portrait import publish_all_changes, publish_changes
 from profiles.testing import Events
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -182,3 +182,18 @@ async def test_the_publisher_writes_nothing_when_its_transaction_rolls_back(
         assert await publish_all_changes(session, settings=SETTINGS, now=Events.now) >= 1
     async with sessionmaker() as session:
         assert len(await published(session, events.customer_id)) == 1
+
+
+async def test_a_bounded_run_stops_and_the_next_continues_where_it_stopped(session: AsyncSession) -> None:
+    customers = sorted((Events(f"cus-{uuid.uuid4().hex[:12]}") for _ in range(5)), key=lambda c: c.customer_id)
+    for customer in customers:
+        await customer.apply(session, customer.purchase("o-1", days_ago=1, items=[("TEA", "tea", 1, "5.00")]))
+    small_batches = ProfilesSettings(consumers_enabled=False, publish_batch_size=2)
+    ours = [c.customer_id for c in customers]
+    await session.execute(text("update customers set dirty = false where not customer_id = any(:ours)"), {"ours": ours})
+    count, after = await publish_changes(session, settings=small_batches, now=Events.now, max_profiles=2)
+    assert (count, after) == (2, customers[1].customer_id)
+    count, after = await publish_changes(session, settings=small_batches, now=Events.now, max_profiles=10, after=after)
+    assert (count, after) == (3, "")
+    for customer in customers:
+        assert len(await published(session, customer.customer_id)) == 1

@@ -60,6 +60,10 @@ async def transaction_connection(session: AsyncSession) -> asyncpg.Connection:
     raw = await session.connection()
     dbapi = await raw.get_raw_connection()
     connection: asyncpg.Connection = dbapi.driver_connection
+    if not connection.is_in_transaction():
+        # SQLAlchemy's adapter sends BEGIN with the first statement it runs itself: without one,
+        # every statement sent straight to asyncpg would commit on its own.
+        await raw.exec_driver_sql("select 1")
     return connection
 
 

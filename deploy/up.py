@@ -33,6 +33,10 @@ BROKER_PORT = int(os.environ.get("CX_BROKER_PORT", "9092"))
 # API processes per service unless <SERVICE>_API_PROCESSES says otherwise: the hot HTTP paths
 # (storefront events, mobile balances, profile reads) get one per core.
 DEFAULT_API_PROCESSES = {"ingest": 2, "loyalty": 2, "profiles": 2}
+# Consumers whose latency is a goal poll the broker more often than CX_CONSUMER_FETCH_MAX_WAIT_MS
+# (Tansu answers a waiting fetch only when the wait ends): a profile change reaches segments within
+# 20 ms, not 100. <SERVICE>_CONSUMER_FETCH_MAX_WAIT_MS overrides.
+DEFAULT_FETCH_WAIT_MS = {"segments": 20}
 
 
 @dataclass
@@ -151,6 +155,10 @@ class Platform:
             # the outbox and runs the jobs, so a consumer's burst of work never sits before a request.
             api_env = env | {"CX_API_ONLY": "true", f"{name.upper()}_API_PROCESSES": str(count)}
             worker_env = {k: v for k, v in env.items() if k != "CX_API_ONLY"}
+            if fetch_wait := os.environ.get(f"{name.upper()}_CONSUMER_FETCH_MAX_WAIT_MS"):
+                worker_env["CX_CONSUMER_FETCH_MAX_WAIT_MS"] = fetch_wait
+            elif name in DEFAULT_FETCH_WAIT_MS and "CX_CONSUMER_FETCH_MAX_WAIT_MS" not in os.environ:
+                worker_env["CX_CONSUMER_FETCH_MAX_WAIT_MS"] = str(DEFAULT_FETCH_WAIT_MS[name])
             processes = [ServiceProcess(name, api_env, DATA / "logs" / f"{name}.log") for _ in range(count)]
             processes.append(ServiceProcess(name, worker_env, DATA / "logs" / f"{name}-worker.log", module="worker"))
             for process in processes:

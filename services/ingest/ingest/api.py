@@ -11,8 +11,8 @@ FastAPI's dependency solving cost more than the check itself.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NamedTuple
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import asyncpg
 import orjson
@@ -64,28 +64,14 @@ def settings_of(request: Request) -> IngestSettings:
 
 
 def limits(settings: IngestSettings) -> Limits:
-    """The validation limits as of now (what comes from the settings is built once per settings)."""
-    fixed = _fixed_limits.get(id(settings))
-    if fixed is None or fixed.settings is not settings:
-        fixed = _fixed_limits[id(settings)] = _FixedLimits(
-            settings, timedelta(seconds=settings.max_future_skew_seconds), frozenset(settings.interaction_types)
-        )
+    """The validation limits as of now."""
     return Limits(
         datetime.now(UTC),
-        fixed.max_future_skew,
-        fixed.interaction_types,
+        settings.max_future_skew,
+        settings.interaction_type_set,
         settings.max_properties_bytes,
         settings.max_properties_keys,
     )
-
-
-class _FixedLimits(NamedTuple):
-    settings: IngestSettings  # held, so its id is not reused while cached
-    max_future_skew: timedelta
-    interaction_types: frozenset[str]
-
-
-_fixed_limits: dict[int, _FixedLimits] = {}
 
 
 def database(request: Request) -> tuple[asyncpg.Pool, GroupedWriter]:

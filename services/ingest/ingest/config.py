@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from datetime import timedelta
+from functools import cached_property
+
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, default_database_url
@@ -38,3 +41,12 @@ class IngestSettings(ServiceSettings):
     import_work_mem_mb: int = 256
     # Python's default (700) collects the young generation every few events on the batch path.
     gc_gen0_threshold: int = 50_000
+
+    # Built once per settings object: the validation limits of every request use them.
+    @cached_property
+    def max_future_skew(self) -> timedelta:
+        return timedelta(seconds=self.max_future_skew_seconds)
+
+    @cached_property
+    def interaction_type_set(self) -> frozenset[str]:
+        return frozenset(self.interaction_types)

@@ -232,16 +232,12 @@ def changed_fields(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -
     return sorted(key for key in after if before.get(key) != after[key])
 
 
-async def _begun(session: AsyncSession) -> asyncpg.Connection:
-    """The session's asyncpg connection, inside the session's transaction.
+async def _publisher_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The session's asyncpg connection, in its transaction, giving up on any lock wait after 200 ms.
 
-    SQLAlchemy's asyncpg adapter sends BEGIN only with the first statement SQLAlchemy itself executes:
-    statements sent straight to asyncpg before that each committed on their own. The publisher job's
-    claim, write-back and outbox rows were so three transactions, its `for update skip locked` locks
-    gone as soon as the claim returned (and the write-back deadlocked with the consumer's upserts).
-    The consumer's batches were not affected: its processed-message rows go first, through SQLAlchemy.
+    Nothing the publisher does should wait: a wait means a consumer batch holds the row, and the
+    profile is published by a later run (well before PostgreSQL's 1 s deadlock check would fire).
     """
-    # Also: give up on a lock wait well before the 1 s deadlock check (nothing here should wait).
     await session.execute(text(f"set local lock_timeout = '{PUBLISH_LOCK_TIMEOUT}'"))
     return await transaction_connection(session)
 
@@ -254,7 +250,7 @@ async def publish_profile_changes(
 
     Claimed with `for update skip locked`, so a profile the consumer is changing waits for the next run.
     """
-    conn = await _begun(session)
+    conn = await _publisher_connection(session)
     claimed = await conn.fetch(
         f"""
         select {SNAPSHOT_COLUMNS}, c.published::text as published from customers c

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # How often a running consumer logs its progress and positions (stalls show as an unchanged line).
 STATUS_EVERY_SECONDS = 30.0
+# A rewind whose commit keeps failing (one try per poll, ~10 s in all) is given up on.
+MAX_REWIND_ATTEMPTS = 20
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 HandlerMap = Mapping[str, Sequence[Handler]]
@@ -182,15 +184,15 @@ class IdempotentConsumer:
 
     def _log_status(self, consumer: AIOKafkaConsumer) -> None:
         """What an operator needs to see a stalled partition: per partition, the next offset and the end."""
-        ends = {f"{tp.topic}[{tp.partition}]": consumer.highwater(tp) for tp in consumer.assignment()}
+        assigned = {f"{tp.topic}[{tp.partition}]": tp for tp in consumer.assignment()}
         log.info(
             "consumer status",
             extra={
                 "consumer": self.name,
                 "applied": self.applied_total,
                 "dead_lettered": self.dead_lettered_total,
-                "committed": {f"{tp.topic}[{tp.partition}]": o for tp, o in self._committed.items()},
-                "highwater": ends,
+                "committed": {name: self._committed.get(tp) for name, tp in assigned.items()},
+                "highwater": {name: consumer.highwater(tp) for name, tp in assigned.items()},
             },
         )
 
@@ -209,12 +211,15 @@ class IdempotentConsumer:
             self._committed.update(beginnings)
         except (CommitFailedError, IllegalStateError, KafkaError) as error:
             self._rewind_attempts += 1
-            if self._rewind_attempts < 20:
-                extra = {"consumer": self.name, "error": repr(error)}
+            extra = {"consumer": self.name, "error": repr(error), "attempts": self._rewind_attempts}
+            if self._rewind_attempts < MAX_REWIND_ATTEMPTS:
                 log.warning("rewind not committed, will rewind again", extra=extra)
                 return
+            # Reading from the beginning again and again would never get anywhere: go on from here.
+            log.error("rewound, but the beginning could not be committed", extra=extra)
+        else:
+            log.warning("rewound to the beginning of every partition", extra={"consumer": self.name})
         self._rewind, self._rewind_attempts = False, 0
-        log.warning("rewound to the beginning of every partition", extra={"consumer": self.name})
 
     async def _commit_offsets(
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]

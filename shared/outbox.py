@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError, UnknownTopicOrPartitionError
-from sqlalchemy import BigInteger, any_, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, Interval, any_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -118,8 +118,10 @@ class OutboxRelay:
         self.broker_ends: dict[tuple[str, int], int] = {}
         self._suspects: set[tuple[str, int]] = set()
         self.broker_lost_log = asyncio.Event()
-        # Counts broker resets seen. A batch in flight across one may hold acknowledgements from the
-        # old broker; marking it published after the retained rows were queued again would lose it.
+        # Goes up when the known ends are forgotten and when the retained rows are queued again (each
+        # broker reset does both). A batch in flight across either may hold acknowledgements from the
+        # old broker: marking it published after the rows were queued again would lose it, and noting
+        # its offsets would make the new log look lost at once.
         self.resets = 0
 
     async def republish_retained(self) -> int:
@@ -197,8 +199,8 @@ class OutboxRelay:
                     .where(outbox.c.id == any_(bindparam("acked", acked, type_=ARRAY(BigInteger))))
                     .values(state="published", published_at=func.now(), last_error=None)
                 )
-            for row, error in failed:
-                await self._schedule_retry(conn, row.id, row.attempts, error)
+            if failed:
+                await self._schedule_retries(conn, failed)
         self.published_total += len(acked)
         return len(acked)
 
@@ -275,20 +277,33 @@ class OutboxRelay:
         result = await conn.execute(select(func.pg_try_advisory_xact_lock(relay_lock_key(self.name))))
         return bool(result.scalar())
 
-    async def _schedule_retry(self, conn: AsyncConnection, row_id: int, attempts: int, error: BaseException) -> None:
-        backoff = min(self.max_backoff_seconds, 0.1 * 2**attempts)
+    async def _schedule_retries(self, conn: AsyncConnection, failed: list[tuple[Any, BaseException]]) -> None:
+        """Back off every refused row, in one statement (a missing topic fails all of its rows at once)."""
         log.warning(
             "outbox publish failed, will retry",
-            extra={"relay": self.name, "outbox_id": row_id, "attempts": attempts + 1, "error": repr(error)},
+            extra={
+                "relay": self.name,
+                "rows": len(failed),
+                "outbox_ids": [row.id for row, _ in failed[:10]],
+                "error": repr(failed[0][1]),
+            },
         )
         await conn.execute(
             update(outbox)
-            .where(outbox.c.id == row_id)
+            .where(outbox.c.id == bindparam("row_id"))
             .values(
-                attempts=attempts + 1,
-                last_error=repr(error)[:2000],
-                next_attempt_at=func.now() + timedelta(seconds=backoff),
-            )
+                attempts=outbox.c.attempts + 1,
+                last_error=bindparam("error"),
+                next_attempt_at=func.now() + bindparam("backoff", type_=Interval()),
+            ),
+            [
+                {
+                    "row_id": row.id,
+                    "error": repr(error)[:2000],
+                    "backoff": timedelta(seconds=min(self.max_backoff_seconds, 0.1 * 2**row.attempts)),
+                }
+                for row, error in failed
+            ],
         )
 
     async def _delete_expired(self) -> None:

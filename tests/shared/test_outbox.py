@@ -143,8 +143,10 @@ async def test_rows_for_a_missing_topic_wait_once_per_batch_and_the_others_go_on
     assert await states(engine, [*ids, fine.envelope.id]) == dict.fromkeys(ids, "pending") | {
         fine.envelope.id: "published"
     }
-    async with engine.begin() as conn:  # nobody else's relay should trip over them
-        await conn.execute(outbox.delete().where(outbox.c.event_id.in_(ids)))
+    async with engine.begin() as conn:
+        backed_off = (await conn.execute(select(outbox.c.attempts).where(outbox.c.event_id.in_(ids)))).scalars()
+        assert list(backed_off) == [1] * len(ids)  # every refused row backed off, in one statement
+        await conn.execute(outbox.delete().where(outbox.c.event_id.in_(ids)))  # nobody else's relay should trip
 
 
 async def test_event_over_the_size_limit_is_refused_at_write_time(engine: AsyncEngine) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from shared.devstack import free_port
 from shared.outbox import asyncpg_dsn
 from shared.settings import SERVICES
-from shared.testing import TEST_API_KEY, TEST_JWT_SECRET, TestPlatform, eventually
+from shared.testing import TEST_API_KEY, TEST_JWT_SECRET, TestPlatform, eventually, read_topic
 from shared.topics import PURCHASES
 from tests.support import ledger_counts, purchase
 
@@ -107,27 +107,18 @@ async def _why_not_credited(platform: TestPlatform, system: Any, customers: list
             ).scalars()
         )
     bootstrap = system.broker.bootstrap
-    in_log: dict[str, tuple[int, int]] = {}
-    reader = AIOKafkaConsumer(PURCHASES, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    await reader.start()
-    try:
-        ends = await reader.end_offsets(list(reader.assignment()) or [TopicPartition(PURCHASES, p) for p in range(6)])
-        while True:
-            batch = await reader.getmany(timeout_ms=2000)
-            if not batch:
-                break
-            for tp, records in batch.items():
-                for record in records:
-                    in_log[str(record.key.decode() if record.key else "")] = (tp.partition, record.offset)
-    finally:
-        await reader.stop()
+    records = await read_topic(bootstrap, PURCHASES, expect=10**9, timeout=5)  # all of it
+    in_log = {record.key.decode(): (record.partition, record.offset) for record in records}
+    ends: dict[int, int] = {}  # per partition found: one past the last offset read
+    for record in records:
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
     group = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="loyalty", enable_auto_commit=False)
     await group.start()  # not subscribed, so it never joins: it only reads the group's committed offsets
     try:
-        committed = [(tp.partition, await group.committed(tp)) for tp in sorted(ends, key=lambda tp: tp.partition)]
+        committed = [(p, await group.committed(TopicPartition(PURCHASES, p))) for p in sorted(ends)]
     finally:
         await group.stop()
-    lines.append(f"log ends: {sorted((tp.partition, end) for tp, end in ends.items())}")
+    lines.append(f"log ends: {sorted(ends.items())}")
     lines.append(f"loyalty committed: {committed}")
     for customer in missing[:20]:
         row = outbox_rows.get(customer)

@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 sys.path.insert(0, str(ROOT))
 
+from up import DEFAULT_API_PROCESSES  # noqa: E402  (deploy/up.py)
+
 from bench.loadgen import Connection, LoadResult, run_load  # noqa: E402
 from shared.auth import issue_customer_token  # noqa: E402
 from shared.devstack import free_port  # noqa: E402
@@ -405,7 +407,7 @@ async def me_under_load(key: str, jwt_secret: str, requests: int) -> Results:
 async def bare_get_under_load(key: str, jwt_secret: str, requests: int) -> Results:
     """The ceiling for GET /v1/me: a bare FastAPI GET, as many processes as loyalty's API, the same load."""
     _, tokens = await _member_tokens(jwt_secret)
-    processes = int(os.environ.get("LOYALTY_API_PROCESSES", "2"))
+    processes = int(os.environ.get("LOYALTY_API_PROCESSES", DEFAULT_API_PROCESSES["loyalty"]))  # as up.py starts it
     port = free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "bench" / "bare_app.py"), str(port), str(processes)

@@ -469,6 +469,69 @@ async def consumer_catch_up() -> Results:
     return rates
 
 
+async def consumer_backlog(bootstrap: str, events: int, customers: int = 20_000) -> Results:
+    """Each consumer's capacity: `events` purchases put straight onto ingest's topic, faster than any
+    consumer reads them, then applied/s per consumer from the first of them applied to the last.
+
+    consumer_catch_up sees only what the HTTP load let arrive; this is the consumers' own ceiling.
+    """
+    from shared.envelope import new_event
+    from shared.topics import PURCHASES
+
+    run = uuid.uuid4().hex[:8]
+    prefix = f"backlog-{run}-"
+    when = datetime.now(UTC)
+    messages = []
+    for i in range(events):  # built before the clock starts
+        customer = f"bl-{run}-{i % customers}"
+        body = purchase_body(customer, i)
+        data = {**body, "channel": "web", "store_id": None, "occurred_at": when.isoformat()}
+        data["items"] = [{**item, "name": None} for item in body["items"]]
+        event = new_event(type="purchase.completed", source="cx.ingest", subject=customer, data=data, id=f"{prefix}{i}")
+        messages.append((customer.encode(), event.encode()))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5)
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        futures = [await producer.send(PURCHASES, value, key=key) for key, value in messages]
+        await asyncio.gather(*futures)
+        produce_seconds = time.perf_counter() - started
+    finally:
+        await producer.stop()
+
+    async def applied() -> dict[str, tuple[int, Any, Any]]:
+        counts = {}
+        for service in SERVICES:
+            conn = await asyncpg.connect(dsn(service))
+            try:
+                row = await conn.fetchrow(
+                    "select count(*), min(processed_at), max(processed_at) from processed_messages"
+                    " where consumer = $1 and event_id like $2",
+                    service,
+                    prefix + "%",
+                )
+            finally:
+                await conn.close()
+            counts[service] = (row[0], row[1], row[2])
+        return counts
+
+    deadline, history = time.monotonic() + 900, []
+    while time.monotonic() < deadline:
+        counts = await applied()
+        history.append({s: c[0] for s, c in counts.items()})
+        # Done when every consumer of the topic has all of them; one that never started is no consumer of it.
+        if all(c[0] in (0, events) for c in counts.values()) and len(history) > 3 and history[-4] == history[-1]:
+            break
+        await asyncio.sleep(2)
+    rates: Results = {"events": events, "produce_per_second": round(events / produce_seconds, 1)}
+    for service, (count, first, last) in counts.items():
+        if count:
+            seconds = max((last - first).total_seconds(), 0.001)
+            rates[service] = {"applied": count, "seconds": round(seconds, 1), "per_second": round(count / seconds, 1)}
+    await _wait_until_quiet()  # what the backlog caused downstream must not run into the next step
+    return rates
+
+
 async def reconcile() -> Results:
     """After the load: every figure recomputed from what ingest accepted, and compared per customer.
 
@@ -724,6 +787,15 @@ def print_table(results: Results) -> None:
             ">= 10,000/s" if service == "profiles" else "",
             f"{ratio(rate, broker.get('consume_per_second'))} of raw consume",
         )
+    if backlog := results.get("consumer_backlog"):
+        for service, figures in backlog.items():
+            if isinstance(figures, dict):
+                add(
+                    f"consumer {service}, from a backlog",
+                    f"{figures['per_second']:.0f}/s ({figures['applied']:,} in {figures['seconds']} s)",
+                    ">= 10,000/s" if service == "profiles" else "",
+                    f"{ratio(figures['per_second'], broker.get('consume_per_second'))} of raw consume",
+                )
     for size, recompute in results.get("segment_recompute", {}).items():
         add(
             f"segment recompute {int(size):,} customers",
@@ -798,6 +870,7 @@ async def measure(
         ("reconciliation", reconcile),
         # After the reconciliation waited for every consumer to finish: the read path on its own.
         ("profile_reads", lambda: profile_reads(key, n(20_000))),
+        ("consumer_backlog", lambda: consumer_backlog(bootstrap, n(100_000))),
     ]
     for size in recompute_sizes:
         steps.append((f"segment_recompute.{size}", lambda size=size: segment_recompute(platform, size)))  # type: ignore[misc]

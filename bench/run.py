@@ -30,8 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 sys.path.insert(0, str(ROOT))
 
-from up import DEFAULT_API_PROCESSES  # noqa: E402  (deploy/up.py)
-
 from bench.loadgen import Connection, LoadResult, run_load  # noqa: E402
 from shared.auth import issue_customer_token  # noqa: E402
 from shared.devstack import free_port  # noqa: E402
@@ -407,6 +405,9 @@ async def me_under_load(key: str, jwt_secret: str, requests: int) -> Results:
 async def bare_get_under_load(key: str, jwt_secret: str, requests: int) -> Results:
     """The ceiling for GET /v1/me: a bare FastAPI GET, as many processes as loyalty's API, the same load."""
     _, tokens = await _member_tokens(jwt_secret)
+    # Imported here: deploy/up.py reads CX_DATA_DIR and the ports when imported, after configure_environment.
+    from up import DEFAULT_API_PROCESSES
+
     processes = int(os.environ.get("LOYALTY_API_PROCESSES", DEFAULT_API_PROCESSES["loyalty"]))  # as up.py starts it
     port = free_port()
     server = await asyncio.create_subprocess_exec(

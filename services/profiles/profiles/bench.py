@@ -135,6 +135,29 @@ def make_platform_events(count: int, customers: int) -> list[tuple[str, str, byt
     return out
 
 
+def make_backlog_events(count: int, customers: int) -> list[tuple[str, str, bytes]]:
+    """What `make bench`'s consumer_backlog step puts on ingest's topic: purchases only, one line each,
+    customer n % `customers` (so mostly one purchase per customer at its default 20,000)."""
+    now = datetime.now(UTC)
+    out: list[tuple[str, str, bytes]] = []
+    for n in range(count):
+        customer = f"bl-bench-{n % customers}"
+        data: dict[str, Any] = {
+            "event_id": f"bench-{uuid.uuid4().hex}",
+            "order_id": f"bench-ord-{uuid.uuid4().hex}",
+            "customer_id": customer,
+            "occurred_at": now,
+            "currency": "USD",
+            "channel": "web",
+            "store_id": None,
+            "items": [{"sku": f"SKU-{n % 97}", "name": None, "category": f"cat-{n % 7}", "quantity": 1,
+                       "unit_price": "25.00"}],
+            "total": "25.00",
+        }  # fmt: skip
+        out.append((PURCHASES, customer, envelope("purchase.completed", customer, data, now)))
+    return out
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     """User + system CPU of a process and its live children."""
     total = 0.0
@@ -318,9 +341,9 @@ def main() -> None:
     parser.add_argument("--profile", help="record the worker with py-spy into this file (raw stacks)")
     parser.add_argument("--skip-get", action="store_true")
     parser.add_argument(
-        "--shape", choices=["mixed", "platform"], default="mixed",
+        "--shape", choices=["mixed", "platform", "backlog"], default="mixed",
         help="mixed: purchases (2 lines) and interactions; platform: purchases as make bench sends them"
-        " and their points.earned",
+        " and their points.earned; backlog: purchases only, as make bench's consumer_backlog step",
     )  # fmt: skip
     parser.add_argument("--statements", action="store_true", help="report pg_stat_statements of the consumer run")
     args = parser.parse_args()
@@ -346,6 +369,8 @@ def main() -> None:
                 env["PYTHONPATH"] = args.code
             if args.shape == "platform":
                 events = make_platform_events(args.events, args.customers)
+            elif args.shape == "backlog":
+                events = make_backlog_events(args.events, args.customers)
             else:
                 events = make_events(args.events, args.customers)
             asyncio.run(produce(broker.bootstrap, events))

@@ -6,9 +6,9 @@ parsed here), so the hot paths (publishing, GET) never build ORM objects.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -58,7 +58,8 @@ def money(amount: Decimal | None, currency: str | None) -> str | None:
 
 
 def _time(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    # What isoformat() writes (tested), several times faster for an aware time.
+    return orjson.dumps(value)[1:-1].decode() if value else None
 
 
 def _ratio(score_sum: float, count: int) -> float | None:
@@ -72,20 +73,33 @@ def affinity_score(settings: ProfilesSettings) -> Any:
 
 def stage_of(row: Row, settings: ProfilesSettings, now: datetime) -> str:
     """The lifecycle stage at `now`: the same rules as lifecycle.lifecycle_stage (SQL), first match wins."""
-    orders, first, last = row["orders"], row["first_purchase_at"], row["last_purchase_at"]
-    if orders <= 0:
-        return "prospect"
-    if last is not None and last < now - timedelta(days=settings.churned_after_days):
-        return "churned"
-    if last is not None and last < now - timedelta(days=settings.at_risk_after_days):
-        return "at_risk"
-    if orders >= settings.loyal_min_orders:
-        return "loyal"
-    if orders >= settings.repeat_min_orders:
-        return "repeat"
-    if first is not None and first >= now - timedelta(days=settings.new_customer_days):
-        return "new"
-    return "active"
+    return stages_at(settings, now)(row)
+
+
+def stages_at(settings: ProfilesSettings, now: datetime) -> Callable[[Row], str]:
+    """stage_of at `now` with the cut-off times computed once (the publisher asks for hundreds of rows)."""
+    churned = now - timedelta(days=settings.churned_after_days)
+    at_risk = now - timedelta(days=settings.at_risk_after_days)
+    new_since = now - timedelta(days=settings.new_customer_days)
+    loyal, repeat = settings.loyal_min_orders, settings.repeat_min_orders
+
+    def stage(row: Row) -> str:
+        orders, first, last = row["orders"], row["first_purchase_at"], row["last_purchase_at"]
+        if orders <= 0:
+            return "prospect"
+        if last is not None and last < churned:
+            return "churned"
+        if last is not None and last < at_risk:
+            return "at_risk"
+        if orders >= loyal:
+            return "loyal"
+        if orders >= repeat:
+            return "repeat"
+        if first is not None and first >= new_since:
+            return "new"
+        return "active"
+
+    return stage
 
 
 def preferred_channels(customer: Row) -> list[str]:
@@ -153,8 +167,9 @@ def profile_snapshot(
         "traits": {k: v for k, v in sorted(traits.items()) if k not in PRIVATE_TRAITS},
         "segments": sorted(segments),
     }
-    normalised: dict[str, Any] = orjson.loads(orjson.dumps(snapshot))  # as stored in JSONB and sent
-    return normalised
+    # Every value is already what JSON gives back (str, int, float, None, lists, str-keyed dicts), so
+    # it compares equal to the published snapshot read back from JSONB without a round trip.
+    return snapshot
 
 
 async def top_categories(
@@ -226,6 +241,12 @@ def profile_updated_message(
     return header[:-1] + b',"data":' + data[:-1] + b',"profile":' + profile + b"}}"
 
 
+def _uuid4(hex32: str) -> str:
+    """A random (version 4) UUID from 32 random hex digits, as str(uuid.uuid4()) writes it."""
+    variant = "89ab"[int(hex32[16], 16) & 3]
+    return f"{hex32[:8]}-{hex32[8:12]}-4{hex32[13:16]}-{variant}{hex32[17:20]}-{hex32[20:]}"
+
+
 def changed_fields(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[str]:
     if before is None:
         return sorted(after)
@@ -240,6 +261,48 @@ async def _publisher_connection(session: AsyncSession) -> asyncpg.Connection:
     """
     await session.execute(text(f"set local lock_timeout = '{PUBLISH_LOCK_TIMEOUT}'"))
     return await transaction_connection(session)
+
+
+def snapshots_to_publish(
+    rows: Sequence[Row],
+    *,
+    categories: Mapping[str, list[str]],
+    segments: Mapping[str, list[str]],
+    traits: Mapping[str, dict[str, Any]],
+    settings: ProfilesSettings,
+    now: datetime,
+) -> tuple[list[int], list[str], list[str], list[tuple[str, str, str]]]:
+    """Per claimed row: its version, snapshot (JSON) and stage to store, and the profile.updated
+    (event id, key, payload) of those whose snapshot differs from the one last published."""
+    versions: list[int] = []
+    snapshots: list[str] = []
+    stages: list[str] = []
+    messages: list[tuple[str, str, str]] = []  # event id, key, payload
+    stage_of_row = stages_at(settings, now)
+    random_ids = os.urandom(16 * len(rows)).hex()  # one read for every event id of the batch
+    for n, row in enumerate(rows):
+        customer_id = row["customer_id"]
+        stage = stage_of_row(row)
+        snapshot = profile_snapshot(
+            row,
+            stage=stage,
+            top_categories=categories.get(customer_id, []),
+            segments=segments.get(customer_id, []),
+            traits=traits.get(customer_id, {}),
+        )
+        encoded = orjson.dumps(snapshot)
+        changed = changed_fields(row["published"], snapshot)
+        version = row["version"] + 1 if changed else row["version"]
+        versions.append(version)
+        snapshots.append(encoded.decode())
+        stages.append(stage)
+        if changed:
+            event_id = _uuid4(random_ids[32 * n : 32 * n + 32])
+            payload = profile_updated_message(event_id, customer_id, version, changed, now, encoded)
+            if len(payload) + len(customer_id) > settings.max_message_bytes:
+                raise MessageTooLarge(f"profile.updated {event_id} is {len(payload)} bytes")
+            messages.append((event_id, customer_id, payload.decode()))
+    return versions, snapshots, stages, messages
 
 
 async def publish_profile_changes(
@@ -266,32 +329,9 @@ async def publish_profile_changes(
     categories = await top_categories(conn, ids, settings=settings)
     segments = await current_segments(conn, ids)
     traits = await all_traits(conn, ids)
-    versions: list[int] = []
-    snapshots: list[str] = []
-    stages: list[str] = []
-    messages: list[tuple[str, str, str]] = []  # event id, key, payload
-    for row in rows:
-        customer_id = row["customer_id"]
-        stage = stage_of(row, settings, now)
-        snapshot = profile_snapshot(
-            row,
-            stage=stage,
-            top_categories=categories.get(customer_id, []),
-            segments=segments.get(customer_id, []),
-            traits=traits.get(customer_id, {}),
-        )
-        encoded = orjson.dumps(snapshot)
-        changed = changed_fields(row["published"], snapshot)
-        version = row["version"] + 1 if changed else row["version"]
-        versions.append(version)
-        snapshots.append(encoded.decode())
-        stages.append(stage)
-        if changed:
-            event_id = str(uuid.uuid4())
-            payload = profile_updated_message(event_id, customer_id, version, changed, now, encoded)
-            if len(payload) + len(customer_id) > settings.max_message_bytes:
-                raise MessageTooLarge(f"profile.updated {event_id} is {len(payload)} bytes")
-            messages.append((event_id, customer_id, payload.decode()))
+    versions, snapshots, stages, messages = snapshots_to_publish(
+        rows, categories=categories, segments=segments, traits=traits, settings=settings, now=now
+    )
     await conn.execute(
         """
         update customers c set version = u.version, published = u.published::jsonb, lifecycle_stage = u.stage,

@@ -26,6 +26,7 @@ import orjson
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from profiles import sql
 from profiles.events import (
     CustomerIdentified,
     FeedbackSubmitted,
@@ -54,8 +55,8 @@ async def live_customers(session: AsyncSession, conn: asyncpg.Connection, custom
     wanted = set(customer_ids)
     unknown = {customer_key(c): c for c in wanted if c not in memo}
     if unknown:
-        rows = await conn.fetch(
-            "select customer_key from erased_customers where customer_key = any($1::text[])", list(unknown)
+        rows = await sql.fetch(
+            conn, "select customer_key from erased_customers where customer_key = any($1::text[])", list(unknown)
         )
         erased = {unknown[row[0]] for row in rows}
         memo.update(c for c in unknown.values() if c not in erased)
@@ -100,7 +101,8 @@ _REVENUE_SET = """
 async def _add_revenue(conn: asyncpg.Connection, totals: dict[tuple[str, str], list[Any]]) -> None:
     """totals[(customer, currency)] = [orders, gross, refunded, refunds]."""
     keys = sorted(totals)
-    await conn.execute(
+    await sql.execute(
+        conn,
         """
         insert into customer_revenue as r (customer_id, currency, orders, gross, refunded, refunds)
         select * from unnest($1::text[], $2::text[], $3::int[], $4::numeric[], $5::numeric[], $6::int[])
@@ -123,7 +125,8 @@ async def _add_affinities(conn: asyncpg.Connection, rows: dict[tuple[str, str, s
     if not rows:
         return
     keys = sorted(rows)
-    await conn.execute(
+    await sql.execute(
+        conn,
         """
         insert into affinities as a (customer_id, kind, key, purchased, views)
         select * from unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[]) order by 1, 2, 3
@@ -142,7 +145,8 @@ async def _mark_dirty(conn: asyncpg.Connection, customer_ids: Iterable[str]) -> 
     """Create missing profiles and mark these as changed."""
     ids = sorted(set(customer_ids))
     if ids:
-        await conn.execute(
+        await sql.execute(
+            conn,
             """
             insert into customers as c (customer_id) select * from unnest($1::text[]) order by 1
             on conflict (customer_id) do update set dirty = true, updated_at = now()
@@ -166,7 +170,8 @@ async def count_purchases(session: AsyncSession, events: Sequence[Envelope]) -> 
     purchases = sorted((p for p in purchases if p.customer_id in live), key=lambda p: (p.customer_id, p.order_id))
     if not purchases:
         return
-    inserted = await conn.fetch(
+    inserted = await sql.fetch(
+        conn,
         """
         insert into orders (customer_id, order_id, occurred_at, currency, channel, store_id, total)
         select * from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
@@ -186,7 +191,8 @@ async def count_purchases(session: AsyncSession, events: Sequence[Envelope]) -> 
     if not purchases:
         return
     lines = [(p, n, item) for p in purchases for n, item in enumerate(p.items)]
-    await conn.execute(
+    await sql.execute(
+        conn,
         """
         insert into order_lines (customer_id, order_id, line_no, sku, category, quantity, unit_price)
         select * from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::int[], $7::numeric[])
@@ -206,7 +212,8 @@ async def count_purchases(session: AsyncSession, events: Sequence[Envelope]) -> 
             known[0] = item.name or known[0]
             known[1] = item.category or known[1]
     skus = sorted(products)
-    await conn.execute(
+    await sql.execute(
+        conn,
         """
         insert into products as p (sku, name, category)
         select * from unnest($1::text[], $2::text[], $3::text[]) order by 1
@@ -236,7 +243,8 @@ async def count_purchases(session: AsyncSession, events: Sequence[Envelope]) -> 
                 affinities[p.customer_id, "category", item.category][0] += item.quantity
     await _add_revenue(conn, revenue)
     ids = sorted(per_customer)
-    await conn.execute(
+    await sql.execute(
+        conn,
         f"""
         with p as ({_PRIMARY_REVENUE})
         insert into customers as c (customer_id, orders, first_purchase_at, last_purchase_at, order_channels,
@@ -269,7 +277,8 @@ async def deduct_refunds(session: AsyncSession, events: Sequence[Envelope]) -> N
     refunds = sorted((r for r in refunds if r.customer_id in live), key=lambda r: r.refund_id)
     if not refunds:
         return
-    inserted = await conn.fetch(
+    inserted = await sql.fetch(
+        conn,
         """
         insert into refunds (refund_id, customer_id, order_id, occurred_at, currency, amount)
         select * from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::numeric[])
@@ -296,7 +305,8 @@ async def deduct_refunds(session: AsyncSession, events: Sequence[Envelope]) -> N
         counts[r.customer_id] += 1
     await _add_revenue(conn, revenue)
     ids = sorted(counts)
-    await conn.execute(
+    await sql.execute(
+        conn,
         f"""
         with p as ({_PRIMARY_REVENUE})
         insert into customers as c (customer_id, refunds, {_REVENUE_COLUMNS}, dirty, updated_at)
@@ -317,13 +327,14 @@ async def _lock_anonymous_ids(conn: asyncpg.Connection, anonymous_ids: Iterable[
     ids = sorted(set(anonymous_ids))
     if not ids:
         return {}
-    await conn.execute(
+    await sql.execute(
+        conn,
         "select pg_advisory_xact_lock(hashtextextended('profiles:anon:' || a, 0))"
         " from (select a from unnest($1::text[]) as a order by a) as sorted",
         ids,
     )
-    rows = await conn.fetch(
-        "select anonymous_id, customer_id from identity_links where anonymous_id = any($1::text[])", ids
+    rows = await sql.fetch(
+        conn, "select anonymous_id, customer_id from identity_links where anonymous_id = any($1::text[])", ids
     )
     return {row[0]: row[1] for row in rows}
 
@@ -342,7 +353,8 @@ async def count_interactions(session: AsyncSession, events: Sequence[Envelope]) 
         return
     skus = [interaction_property(i.properties, "sku", 128) for _, i in kept]
     categories = [interaction_property(i.properties, "category", 200) for _, i in kept]
-    inserted = await conn.fetch(
+    inserted = await sql.fetch(
+        conn,
         """
         insert into interactions (event_id, customer_id, anonymous_id, occurred_at, type, channel, sku, category)
         select * from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
@@ -389,7 +401,8 @@ async def add_interaction_facts(conn: asyncpg.Connection, facts: Sequence[Intera
         if category:
             affinities[customer_id, "category", category][1] += 1
     ids = sorted(seen)
-    await conn.execute(
+    await sql.execute(
+        conn,
         f"""
         insert into customers as c (customer_id, interaction_counts, interaction_channels, last_seen_at,
                                     dirty, updated_at)
@@ -416,7 +429,8 @@ async def merge_identities(session: AsyncSession, events: Sequence[Envelope]) ->
     identified = [i for i in identified if i.customer_id in live]
     if not identified:
         return
-    await conn.execute(
+    await sql.execute(
+        conn,
         "insert into customers (customer_id) select * from unnest($1::text[]) order by 1 on conflict do nothing",
         sorted({i.customer_id for i in identified}),
     )
@@ -429,7 +443,8 @@ async def merge_identities(session: AsyncSession, events: Sequence[Envelope]) ->
                 latest[key] = candidate
     if latest:
         keys = sorted(latest)
-        await conn.execute(
+        await sql.execute(
+            conn,
             """
             insert into customer_traits as t (customer_id, trait, value, observed_at, event_id)
             select u.customer_id, u.trait, u.value::jsonb, u.observed_at, u.event_id
@@ -446,7 +461,8 @@ async def merge_identities(session: AsyncSession, events: Sequence[Envelope]) ->
             [latest[k][0] for k in keys],
             [latest[k][1] for k in keys],
         )
-        await conn.execute(
+        await sql.execute(
+            conn,
             """
             update customers c set dirty = true, updated_at = now(),
                 city = left((select t.value #>> '{}' from customer_traits t
@@ -470,7 +486,8 @@ async def link_anonymous_id(
     An anonymous id belongs to the first customer it was linked to.
     """
     await _lock_anonymous_ids(conn, [anonymous_id])
-    await conn.execute(
+    await sql.execute(
+        conn,
         "insert into identity_links (anonymous_id, customer_id, linked_at) values ($1, $2, $3) on conflict do nothing",
         anonymous_id,
         customer_id,
@@ -479,7 +496,8 @@ async def link_anonymous_id(
     owner = await conn.fetchval("select customer_id from identity_links where anonymous_id = $1", anonymous_id)
     if owner != customer_id:
         return 0
-    claimed = await conn.fetch(
+    claimed = await sql.fetch(
+        conn,
         "update interactions set customer_id = $1 where anonymous_id = $2 and customer_id is null"
         " returning type, channel, sku, category, occurred_at",
         customer_id,
@@ -498,7 +516,8 @@ async def track_points_balances(session: AsyncSession, events: Sequence[Envelope
     conn = await transaction_connection(session)
     ids = sorted(await live_customers(session, conn, newest))
     if ids:
-        await conn.execute(
+        await sql.execute(
+            conn,
             """
             insert into customers as c (customer_id, loyalty_points, loyalty_entry_id)
             select * from unnest($1::text[], $2::bigint[], $3::bigint[]) order by 1
@@ -523,7 +542,8 @@ async def track_tiers(session: AsyncSession, events: Sequence[Envelope]) -> None
     conn = await transaction_connection(session)
     ids = sorted(await live_customers(session, conn, latest))
     if ids:
-        await conn.execute(
+        await sql.execute(
+            conn,
             """
             insert into customers as c (customer_id, loyalty_tier, tier_changed_at)
             select * from unnest($1::text[], $2::text[], $3::timestamptz[]) order by 1
@@ -547,7 +567,8 @@ async def record_feedback(session: AsyncSession, events: Sequence[Envelope]) -> 
     if not submitted:
         return
     sentiments = [f.sentiment.score if f.sentiment else None for f in submitted]
-    inserted = await conn.fetch(
+    inserted = await sql.fetch(
+        conn,
         """
         insert into feedback (feedback_id, customer_id, kind, score, sentiment, occurred_at)
         select * from unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::timestamptz[])
@@ -589,7 +610,8 @@ async def record_feedback(session: AsyncSession, events: Sequence[Envelope]) -> 
         "excluded.nps_at is not null and (c.nps_at is null"
         " or (excluded.nps_at, excluded.nps_feedback_id) > (c.nps_at, coalesce(c.nps_feedback_id, '')))"
     )
-    await conn.execute(
+    await sql.execute(
+        conn,
         f"""
         insert into customers as c (customer_id, feedback_count, csat_sum, csat_count, rating_sum, rating_count,
                                     complaints, sentiment_sum, sentiment_count, nps_at, nps_feedback_id, nps_last,
@@ -630,7 +652,8 @@ def _segment_handler(member: bool) -> Any:
         keys = sorted(k for k in latest if k[0] in live)
         if not keys:
             return
-        await conn.execute(
+        await sql.execute(
+            conn,
             """
             insert into segment_memberships as s (customer_id, segment_key, member, changed_at)
             select u.customer_id, u.segment_key, $3, u.changed_at

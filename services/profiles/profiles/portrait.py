@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from profiles import sql
 from profiles.config import ProfilesSettings
 from profiles.events import PROFILE_UPDATED, SOURCE
 from profiles.models import Affinity
@@ -179,7 +180,8 @@ async def top_categories(
     # filter out of it) reads a customer's rows by customer_id. With `kind = 'category'` in the scan,
     # the generic plan cached while the table was nearly empty could scan every category row by
     # (kind, key) for each customer: 6.4 s for 500 customers at 40,000 rows (7.7 ms now).
-    rows = await conn.fetch(
+    rows = await sql.fetch(
+        conn,
         """
         select u.customer_id, a.key from unnest($1::text[]) as u(customer_id)
         cross join lateral (
@@ -200,7 +202,8 @@ async def top_categories(
 
 
 async def current_segments(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> dict[str, list[str]]:
-    rows = await conn.fetch(
+    rows = await sql.fetch(
+        conn,
         "select customer_id, segment_key from segment_memberships where customer_id = any($1::text[]) and member",
         list(customer_ids),
     )
@@ -211,7 +214,8 @@ async def current_segments(conn: asyncpg.Connection, customer_ids: Sequence[str]
 
 
 async def all_traits(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    rows = await conn.fetch(
+    rows = await sql.fetch(
+        conn,
         "select customer_id, trait, value::text from customer_traits where customer_id = any($1::text[])",
         list(customer_ids),
     )
@@ -332,11 +336,13 @@ async def publish_profile_changes(
     versions, snapshots, stages, messages = snapshots_to_publish(
         rows, categories=categories, segments=segments, traits=traits, settings=settings, now=now
     )
-    await conn.execute(
+    await sql.execute(
+        conn,
         """
         update customers c set version = u.version, published = u.published::jsonb, lifecycle_stage = u.stage,
             dirty = false
-        from unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) as u(customer_id, version, published, stage)
+        from unnest($1::text[], $2::bigint[], cast($3 as text[]), $4::text[])
+            as u(customer_id, version, published, stage)
         where c.customer_id = u.customer_id
         """,
         ids,
@@ -345,10 +351,11 @@ async def publish_profile_changes(
         stages,
     )
     if messages:
-        await conn.execute(
+        await sql.execute(
+            conn,
             "insert into outbox (event_id, topic, key, payload)"
             " select u.event_id, $1, u.key, u.payload"
-            " from unnest($2::text[], $3::text[], $4::text[]) as u(event_id, key, payload)",
+            " from unnest($2::text[], $3::text[], cast($4 as text[])) as u(event_id, key, payload)",  # payloads: binary
             PROFILES,
             [m[0] for m in messages],
             [m[1] for m in messages],

@@ -32,10 +32,10 @@ from profiles.events import (
     FeedbackSubmitted,
     InteractionRecorded,
     PointsChanged,
-    PurchaseCompleted,
     PurchaseRefunded,
     SegmentMembershipChanged,
     TierChanged,
+    parse_purchase,
 )
 from profiles.service import NOT_INTEREST, customer_key, interaction_property, not_erased_memo
 from shared.consumer import BatchHandlerMap
@@ -43,6 +43,7 @@ from shared.db import transaction_connection
 from shared.envelope import Envelope
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 def _parse(model: type[M], events: Sequence[Envelope]) -> list[M]:
@@ -155,16 +156,16 @@ async def _mark_dirty(conn: asyncpg.Connection, customer_ids: Iterable[str]) -> 
         )
 
 
-def _first_by(items: Iterable[M], key: Any) -> list[M]:
+def _first_by(items: Iterable[T], key: Any) -> list[T]:
     """Drop repeats of a natural id within the batch (the first wins, as one by one)."""
-    seen: dict[Any, M] = {}
+    seen: dict[Any, T] = {}
     for item in items:
         seen.setdefault(key(item), item)
     return list(seen.values())
 
 
 async def count_purchases(session: AsyncSession, events: Sequence[Envelope]) -> None:
-    purchases = _first_by(_parse(PurchaseCompleted, events), lambda p: (p.customer_id, p.order_id))
+    purchases = _first_by((parse_purchase(event.data) for event in events), lambda p: (p.customer_id, p.order_id))
     conn = await transaction_connection(session)
     live = await live_customers(session, conn, (p.customer_id for p in purchases))
     purchases = sorted((p for p in purchases if p.customer_id in live), key=lambda p: (p.customer_id, p.order_id))

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -48,7 +49,7 @@ class Customer(Base):
     customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     dirty: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
-    published: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # the last snapshot sent
+    published: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the last snapshot sent (as written)
     lifecycle_stage: Mapped[str] = mapped_column(String(16), default="prospect", server_default="prospect")
 
     orders: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -32,7 +32,7 @@ PRIVATE_TRAITS = frozenset({"email", "phone", "name", "first_name", "last_name",
 
 Row = Mapping[str, Any]
 PUBLISH_LOCK_TIMEOUT = "200ms"
-JSON_COLUMNS = ("order_channels", "interaction_counts", "interaction_channels", "published")
+JSON_COLUMNS = ("order_channels", "interaction_counts", "interaction_channels")
 # What a snapshot reads from customers (jsonb as text: the connection's codecs do not matter).
 SNAPSHOT_COLUMNS = """
     c.customer_id, c.version, c.orders, c.currency, c.currency_orders, c.gross_revenue, c.refunded_amount,
@@ -295,10 +295,12 @@ def snapshots_to_publish(
             traits=traits.get(customer_id, {}),
         )
         encoded = orjson.dumps(snapshot)
-        changed = changed_fields(row["published"], snapshot)
+        text = encoded.decode()
+        published = row["published"]  # the json text the last run wrote (or None)
+        changed = [] if text == published else changed_fields(orjson.loads(published) if published else None, snapshot)
         version = row["version"] + 1 if changed else row["version"]
         versions.append(version)
-        snapshots.append(encoded.decode())
+        snapshots.append(text)
         stages.append(stage)
         if changed:
             event_id = _uuid4(random_ids[32 * n : 32 * n + 32])
@@ -339,7 +341,7 @@ async def publish_profile_changes(
     await sql.execute(
         conn,
         """
-        update customers c set version = u.version, published = u.published::jsonb, lifecycle_stage = u.stage,
+        update customers c set version = u.version, published = u.published::json, lifecycle_stage = u.stage,
             dirty = false
         from unnest($1::text[], $2::bigint[], cast($3 as text[]), $4::text[])
             as u(customer_id, version, published, stage)

@@ -31,10 +31,11 @@ from profiles.events import (
     CustomerIdentified,
     FeedbackSubmitted,
     InteractionRecorded,
-    PointsChanged,
+    Points,
     PurchaseRefunded,
     SegmentMembershipChanged,
     TierChanged,
+    parse_points,
     parse_purchase,
 )
 from profiles.service import NOT_INTEREST, customer_key, interaction_property, not_erased_memo
@@ -510,8 +511,8 @@ async def link_anonymous_id(
 
 async def track_points_balances(session: AsyncSession, events: Sequence[Envelope]) -> None:
     """The balance after the newest ledger entry (entry ids grow with the ledger) wins."""
-    newest: dict[str, PointsChanged] = {}
-    for change in _parse(PointsChanged, events):
+    newest: dict[str, Points] = {}
+    for change in (parse_points(event.data) for event in events):
         if change.customer_id not in newest or change.entry_id > newest[change.customer_id].entry_id:
             newest[change.customer_id] = change
     conn = await transaction_connection(session)

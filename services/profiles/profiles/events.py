@@ -76,6 +76,15 @@ def _text(value: object, low: int, high: int) -> TypeGuard[str]:
     return type(value) is str and low <= len(value) <= high
 
 
+def _plain_time(value: object) -> datetime | None:
+    if type(value) is not str or not _PLAIN_TIME.fullmatch(value):
+        return None
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except ValueError:
+        return None
+
+
 def _plain_purchase(data: dict[str, Any]) -> Purchase | None:
     """The same Purchase that PurchaseCompleted gives, for the shape every producer sends; None for
     anything else (pydantic decides then). ~1.5 us instead of ~7 us an event."""
@@ -85,8 +94,6 @@ def _plain_purchase(data: dict[str, Any]) -> Purchase | None:
     if not (
         _text(order_id, 1, 128)
         and _text(customer_id, 1, 128)
-        and type(at) is str
-        and _PLAIN_TIME.fullmatch(at)
         and _text(currency, 3, 3)
         and _text(channel, 0, 32)
         and (store_id is None or type(store_id) is str)
@@ -113,9 +120,8 @@ def _plain_purchase(data: dict[str, Any]) -> Purchase | None:
         ):
             return None
         lines.append(Line(sku, name, category, quantity, Decimal(price)))
-    try:
-        occurred_at = datetime.fromisoformat(at).astimezone(UTC)
-    except ValueError:
+    occurred_at = _plain_time(at)
+    if occurred_at is None:
         return None
     return Purchase(order_id, customer_id, occurred_at, currency, channel, store_id, lines, Decimal(total))
 
@@ -164,6 +170,27 @@ class PointsChanged(_Incoming):
     balance: int
     entry_id: int
     occurred_at: UtcDatetime
+
+
+class Points(NamedTuple):
+    """A validated points.* event, as the batch handler uses it (see parse_points)."""
+
+    customer_id: str
+    balance: int
+    entry_id: int
+    occurred_at: datetime
+
+
+def parse_points(data: dict[str, Any]) -> Points:
+    """points.*'s data, validated as PointsChanged does (raises its ValidationError); the plain shape
+    loyalty sends without pydantic."""
+    customer_id, balance, entry_id = data.get("customer_id"), data.get("balance"), data.get("entry_id")
+    if _text(customer_id, 1, 128) and type(balance) is int and type(entry_id) is int:
+        at = _plain_time(data.get("occurred_at"))
+        if at is not None:
+            return Points(customer_id, balance, entry_id, at)
+    p = PointsChanged.model_validate(data)
+    return Points(p.customer_id, p.balance, p.entry_id, p.occurred_at)
 
 
 class TierChanged(_Incoming):

@@ -1,4 +1,4 @@
-"""The purchase fast path (events.parse_purchase) accepts what PurchaseCompleted accepts, with the same result."""
+"""The fast paths (events.parse_purchase, parse_points) accept what the pydantic models accept, with the same result."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from datetime import UTC
 from typing import Any
 
 import pytest
-from profiles.events import Line, Purchase, PurchaseCompleted, _plain_purchase, parse_purchase
+from profiles.events import (
+    Line,
+    Points,
+    PointsChanged,
+    Purchase,
+    PurchaseCompleted,
+    _plain_purchase,
+    parse_points,
+    parse_purchase,
+)
 from pydantic import ValidationError
 
 BASE: dict[str, Any] = {
@@ -124,3 +133,41 @@ def test_random_mixtures_agree_and_the_plain_shape_takes_the_fast_path() -> None
             data["items"].append({"sku": "SKU-2", "quantity": rng.choice(QUANTITIES), "unit_price": "1.00"})
         assert repr(_outcome(parse_purchase, data)) == repr(_outcome(_through_pydantic, data))
     assert _plain_purchase(BASE) is not None  # what ingest sends does not go through pydantic
+
+
+POINTS: dict[str, Any] = {
+    "customer_id": "cus-1",
+    "points": 25,
+    "balance": 125,
+    "cause_type": "purchase",
+    "cause_id": "ord-1",
+    "entry_id": 7,
+    "occurred_at": "2026-12-01T10:00:00.123456+00:00",
+}
+NUMBERS = [0, -3, 2**40, 2**70, 1.0, 1.5, "7", True, None, "x"]
+
+
+def _points_through_pydantic(data: dict[str, Any]) -> Points:
+    p = PointsChanged.model_validate(data)
+    return Points(p.customer_id, p.balance, p.entry_id, p.occurred_at)
+
+
+def _points_variants() -> list[dict[str, Any]]:
+    variants: list[dict[str, Any]] = [copy.deepcopy(POINTS)]
+    fields: list[tuple[str, list[Any]]] = [
+        ("customer_id", TEXTS),
+        ("balance", NUMBERS),
+        ("entry_id", NUMBERS),
+        ("occurred_at", TIMES),
+    ]
+    for field, values in fields:
+        for value in values:
+            variants.append(POINTS | {field: value})
+        variants.append({k: v for k, v in POINTS.items() if k != field})
+    return variants
+
+
+@pytest.mark.parametrize("data", _points_variants())
+def test_the_points_fast_path_gives_what_pydantic_gives(data: dict[str, Any]) -> None:
+    expected, got = _outcome(_points_through_pydantic, data), _outcome(parse_points, data)
+    assert repr(got) == repr(expected)

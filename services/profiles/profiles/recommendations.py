@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from profiles.config import ProfilesSettings
@@ -112,6 +112,21 @@ def recommend(
             chosen.append(Recommendation(sku, 0.0, None))
             taken.add(sku)
     return chosen
+
+
+async def affinity_changes(session: AsyncSession) -> int | None:
+    """Rows ever inserted, updated or deleted in affinities (the statistics collector's counters).
+
+    Read before the rebuild's snapshot, and a transaction's changes are counted only once it ended,
+    so a model built after reading N includes every change counted in N; a change after it makes the
+    counter grow (aborted changes count too: at worst an extra rebuild). None if not available.
+    """
+    value = await session.scalar(
+        text(
+            "select n_tup_ins + n_tup_upd + n_tup_del from pg_stat_user_tables where relid = to_regclass('affinities')"
+        )
+    )
+    return int(value) if value is not None else None
 
 
 async def rebuild_recommendations(session: AsyncSession, *, settings: ProfilesSettings) -> int:

@@ -11,7 +11,7 @@ from profiles.config import ProfilesSettings
 from profiles.handlers import BATCH_HANDLERS, HANDLERS
 from profiles.lifecycle import reevaluate_stages
 from profiles.portrait import publish_changes
-from profiles.recommendations import rebuild_recommendations
+from profiles.recommendations import affinity_changes, rebuild_recommendations
 from profiles.service import utcnow
 from shared.jobs import every
 from shared.runtime import Job, ServiceRuntime, run_worker
@@ -49,8 +49,16 @@ def jobs(settings: ProfilesSettings) -> list[Job]:
     async def reevaluate_lifecycle_stages(session: AsyncSession) -> None:
         await reevaluate_stages(session, settings=settings, now=utcnow())
 
+    rebuilt_at_changes: list[int | None] = [None]  # affinities' change counter at the last rebuild
+
     async def rebuild_item_neighbours(session: AsyncSession) -> None:
+        # Only when affinities changed since the last rebuild: an idle service refitted the same model
+        # every 5 minutes (all of affinities read, a second or more of CPU next to the API).
+        changes = await affinity_changes(session)
+        if changes is not None and changes == rebuilt_at_changes[0]:
+            return
         await rebuild_recommendations(session, settings=settings)
+        rebuilt_at_changes[0] = changes
 
     return [
         every(settings.publish_interval_seconds, publish_changed_profiles),

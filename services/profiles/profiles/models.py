@@ -128,7 +128,6 @@ class Order(Base):
 
 class OrderLine(Base):
     __tablename__ = "order_lines"
-    __table_args__ = (Index("order_lines_sku", "sku"),)
 
     customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     order_id: Mapped[str] = mapped_column(String(128), primary_key=True)

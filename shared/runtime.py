@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
@@ -311,6 +312,22 @@ class ServiceRuntime:
         return checks
 
 
+def settle_heap(gen0_threshold: int | None = None) -> None:
+    """Move everything alive after start-up out of the collector's way; optionally collect young
+    objects less often (never less often than a service already chose).
+
+    Without it a full collection walks every object the imports made (SciPy and scikit-learn in
+    segments) each time: in one bench run the collector held segments' worker for 72 s and
+    loyalty's for 32 s (wall time, the machine loaded), against their 27 s and 14 s of CPU in
+    the measured step.
+    """
+    gc.collect()
+    gc.freeze()
+    if gen0_threshold is not None:
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], gen0_threshold), *thresholds[1:])
+
+
 def run_worker(runtime: ServiceRuntime) -> None:
     """Run a service's background work without its HTTP API, until SIGINT or SIGTERM."""
     import signal
@@ -327,6 +344,7 @@ def run_worker(runtime: ServiceRuntime) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await runtime.start()
+        settle_heap(runtime.settings.worker_gc_gen0_threshold)
         try:
             await stop.wait()
         finally:

@@ -65,6 +65,10 @@ class ServiceSettings(BaseSettings):
     outbox_republish_on_start: bool = Field(False, validation_alias=_platform("CX_OUTBOX_REPUBLISH_ON_START"))
     broker_check_seconds: float = Field(3.0, validation_alias=_platform("CX_BROKER_CHECK_SECONDS"))
 
+    # A consumed batch allocates ~100,000 short-lived objects: with the default 700 the collector
+    # ran hundreds of times per batch, each walking the batch's live objects.
+    worker_gc_gen0_threshold: int = Field(200_000, ge=700, validation_alias=_platform("CX_WORKER_GC_GEN0_THRESHOLD"))
+
     consumers_enabled: bool = True
     consumer_batch_size: int = Field(500, validation_alias=_platform("CX_CONSUMER_BATCH_SIZE"))
     # How long the broker may hold an empty fetch. Tansu does not answer a waiting fetch when data

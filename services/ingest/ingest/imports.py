@@ -1,8 +1,10 @@
 """Bulk import of historical orders: CSV or NDJSON, one order line per row, streamed.
 
-Rows are parsed as they arrive and copied (COPY) into a temporary table; one statement then groups
-the lines into orders, derives each order's event id from its normalised lines, and stores and
-queues every order not seen before. Memory stays bounded whatever the file's size.
+Rows are parsed and checked as they arrive and grouped into orders chunk by chunk; each chunk's
+orders are copied (COPY) to PostgreSQL, which stores and queues the new ones while the next chunk
+is read. An order whose lines come in several chunks is taken back and grouped again from all its
+lines at the end. One transaction: nothing is stored or queued unless the whole import is. Memory
+stays bounded whatever the file's size.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import codecs
 import csv
+import hashlib
 import re
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import itemgetter
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -28,12 +32,12 @@ from ingest.api import Writer, limits, settings_of, source_for
 from ingest.schemas import (
     EARLIEST,
     IDENTIFIER,
+    QUANTUM,
     ImportRejection,
     ImportReport,
     Limits,
     bounded_money,
 )
-from ingest.service import COUNT_STORED, store_statement
 from shared.db import PgDep
 from shared.errors import FieldError, as_validation_errors
 from shared.money import decimal_places, is_currency, minor_unit, parse_money
@@ -44,13 +48,17 @@ REQUIRED = ("order_id", "customer_id", "occurred_at", "currency", "sku", "quanti
 OPTIONAL = ("name", "category", "channel", "store_id")
 FIELDS = REQUIRED + OPTIONAL
 CHANNEL = re.compile(r"[a-z0-9_.-]{1,32}")
-# A staged line carries its item as JSON and its normalised text (hashed into the order's event id),
-# built here where the values are at hand, so PostgreSQL only groups and concatenates.
-COLUMNS = (
-    "line_no", "rejected", "order_id", "customer_id", "occurred_at", "currency", "places", "channel", "store_id",
-    "amount", "item", "normalised",
+# An order's part: its lines read since the last chunk was stored (the whole order, unless its lines
+# go on in a later chunk), as copied to PostgreSQL. Its event id and data are those of the order
+# if the part is the whole order (else PostgreSQL groups the parts again).
+PART_COLUMNS = (
+    "first_line", "order_id", "customer_id", "currency", "places", "occurred_at", "occurred", "channel", "store_id",
+    "rejected", "disagreeing", "first_good_line", "total", "items", "normalised", "event_id", "data",
 )  # fmt: skip
 Record = tuple[Any, ...]
+# A checked line: line_no, rejected, order_id, customer_id, occurred_at, its UTC text as stored,
+# currency, places, channel, store_id, amount, item (JSON), normalised text (hashed into the event id).
+Line = tuple[Any, ...]
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -103,11 +111,11 @@ class LineCheck:
     """
 
     limits: Limits
-    _times: dict[str, tuple[datetime, str] | str] = field(default_factory=dict)
+    _times: dict[str, tuple[datetime, str, str] | str] = field(default_factory=dict)
     _prices: dict[tuple[str, int], tuple[Decimal, str] | str] = field(default_factory=dict)
     _quantities: dict[str, int | None] = field(default_factory=dict)
 
-    def record(self, line_no: int, row: Row) -> tuple[Record, list[FieldError]]:
+    def line(self, line_no: int, row: Row) -> tuple[Line, list[FieldError]]:
         errors: list[FieldError] = []
         order_id = _identifier(row[_ORDER_ID], "order_id", errors)
         customer_id = _identifier(row[_CUSTOMER_ID], "customer_id", errors)
@@ -127,9 +135,9 @@ class LineCheck:
         if (name and "\x00" in name) or (category and "\x00" in category):
             errors.append(FieldError(field="name", message="name and category must not contain NUL characters"))
         if errors:
-            return (line_no, True, order_id, *([None] * 9)), errors
+            return (line_no, True, order_id), errors
         assert occurred_at is not None and price is not None and quantity is not None
-        moment, utc = occurred_at
+        moment, utc, stamp = occurred_at
         unit_price, price_text = price
         item = orjson.dumps(
             {"sku": sku, "name": name, "category": category, "quantity": quantity, "unit_price": price_text}
@@ -138,11 +146,11 @@ class LineCheck:
             (order_id or "", customer_id or "", currency, utc, sku or "", str(quantity), price_text, name or "",
              category or "", channel, store_id or "")
         )  # fmt: skip
-        values = (moment, currency, places, channel, store_id, unit_price * quantity, item.decode(), normalised)
+        values = (moment, stamp, currency, places, channel, store_id, unit_price * quantity, item, normalised)
         return (line_no, False, order_id, customer_id, *values), []
 
-    def _time(self, value: Any, errors: list[FieldError]) -> tuple[datetime, str] | None:
-        """The time and its UTC ISO text, or None with the error noted."""
+    def _time(self, value: Any, errors: list[FieldError]) -> tuple[datetime, str, str] | None:
+        """The time, its UTC ISO text and its text as stored, or None with the error noted."""
         text_value = _text(value)
         known = self._times.get(text_value)  # lines of one order, and busy hours, repeat their times
         if known is None:
@@ -155,8 +163,8 @@ class LineCheck:
             return None
         return known
 
-    def _parse_time(self, value: str) -> tuple[datetime, str] | str:
-        """The time and its UTC ISO text, or why it is refused."""
+    def _parse_time(self, value: str) -> tuple[datetime, str, str] | str:
+        """The time, its UTC ISO text (hashed) and its text as stored (microseconds always), or why it is refused."""
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
@@ -165,7 +173,8 @@ class LineCheck:
             return "must have a time zone"
         if not EARLIEST <= moment <= self.limits.now + self.limits.max_future_skew:
             return "must be after 1900 and not in the future"
-        return moment, moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        utc = moment.astimezone(UTC)
+        return moment, utc.isoformat().replace("+00:00", "Z"), utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def _quantity(self, value: Any, errors: list[FieldError]) -> int | None:
         if type(value) is str:
@@ -262,11 +271,17 @@ class CsvRows:
         self._ready = _LineQueue()
         self._reader = csv.reader(self._ready)
         self._columns: list[int] | None = None  # per field of FIELDS, its column (-1: not in the file)
+        self._width = 0  # the header's
+        self._pick: Callable[[list[str | None]], Row] = tuple
 
     def feed(self, chunk: bytes, *, final: bool = False) -> Iterator[tuple[int, Row | str]]:
         """(line number, the row's values, or why the line cannot be read) for each complete record."""
-        lines = (self._partial + self._decoder.decode(chunk, final=final)).splitlines(keepends=True)
+        text = self._partial + self._decoder.decode(chunk, final=final)
+        lines = text.splitlines(keepends=True)
         self._partial = "" if final or not lines or lines[-1].endswith(("\n", "\r")) else lines.pop()
+        if not self._quoted and '"' not in text:  # no quoted field: every line is a whole record
+            self._ready.lines.extend(lines)
+            lines = []
         for line in lines:
             self._pending.append(line)
             self._quoted ^= line.count('"') % 2 == 1  # inside a quoted field until the quotes balance
@@ -286,10 +301,18 @@ class CsvRows:
                 return
             if self._columns is None:
                 self._columns = self._header(row)
-                continue
-            if not any(cell.strip() for cell in row):
+                self._width = len(row)  # a missing column reads the None appended at this index
+                self._pick = itemgetter(*(i if i >= 0 else self._width for i in self._columns))
                 continue
             width = len(row)
+            if width == self._width:
+                if not "".join(row).strip():
+                    continue
+                row.append(None)  # type: ignore[arg-type]
+                yield self._reader.line_num, self._pick(row)  # type: ignore[arg-type]
+                continue
+            if not "".join(row).strip():
+                continue
             yield self._reader.line_num, tuple(row[i] if 0 <= i < width else None for i in self._columns)
 
     def _header(self, header: list[str]) -> list[int]:
@@ -335,81 +358,219 @@ class NdjsonRows:
             yield self._line_no, tuple(value.get(self.mapping[f]) for f in FIELDS)
 
 
+def order_part(order_id: str, lines: list[Line]) -> Record:
+    """One order's lines read since the last chunk was stored, grouped as PART_COLUMNS.
+
+    As PostgreSQL groups parts (_MERGED): the earliest time, the least channel and store. The
+    data's values need no JSON escaping: identifiers, codes and times; the items are JSON already.
+    """
+    good = [line for line in lines if not line[1]]
+    rejected = len(good) < len(lines)
+    if not good:
+        return (lines[0][0], order_id, None, None, 0, None, None, None, None, True, False, None, 0, "", [], None, None)
+    first = earliest = good[0]
+    _, _, _, customer_id, _, _, currency, places, channel, store_id, total, _, _ = first
+    disagreeing = False
+    for line in good[1:]:
+        disagreeing |= line[3] != customer_id or line[6] != currency
+        if line[4] < earliest[4]:
+            earliest = line
+        channel = min(channel, line[8])
+        if line[9] is not None and (store_id is None or line[9] < store_id):
+            store_id = line[9]
+        total += line[10]
+    occurred = earliest[5]
+    items = b",".join([line[11] for line in good]).decode()
+    normalised = sorted([line[12] for line in good])  # code point order: PostgreSQL's "C" collation
+    event_id = data = None
+    if not (rejected or disagreeing):
+        event_id = "import-" + hashlib.md5("\n".join(normalised).encode()).hexdigest()
+        store = "null" if store_id is None else f'"{store_id}"'
+        data = (
+            f'{{"event_id":"{event_id}","order_id":"{order_id}","customer_id":"{customer_id}",'
+            f'"occurred_at":"{occurred}","currency":"{currency}","channel":"{channel}","store_id":{store},'
+            f'"items":[{items}],"total":"{total.quantize(QUANTUM[places])}"}}'
+        )
+    return (
+        lines[0][0], order_id, customer_id, currency, places, earliest[4], occurred, channel, store_id, rejected,
+        disagreeing, first[0], total, items, normalised, event_id, data,
+    )  # fmt: skip
+
+
 @dataclass
 class ImportRun:
-    """One import's progress: rows waiting for COPY, and what was rejected."""
+    """One import's progress: the lines of the current chunk by order, and what was rejected."""
 
     check: LineCheck
     max_reported: int
     lines: int = 0
     rejected_lines: int = 0
     rejected: list[ImportRejection] = field(default_factory=list)
-    records: list[Record] = field(default_factory=list)
+    orders: dict[str, list[Line]] = field(default_factory=dict)
+    pending: int = 0  # lines in orders
+    last_order: str | None = None
 
     def add(self, line_no: int, row: Row | str) -> None:
         self.lines += 1
         if isinstance(row, str):  # the line could not be read at all: why
-            record: Record = (line_no, True, *([None] * 10))
             errors = [FieldError(field="line", message=row, type="line_invalid")]
         else:
-            record, errors = self.check.record(line_no, row)
-        self.records.append(record)
+            line, errors = self.check.line(line_no, row)
+            order_id = line[2]
+            if order_id is not None:
+                lines = self.orders.get(order_id)
+                if lines is None:
+                    self.orders[order_id] = [line]
+                else:
+                    lines.append(line)
+                self.last_order = order_id
+                self.pending += 1
         if errors:
             self.rejected_lines += 1
             if len(self.rejected) < self.max_reported:
                 self.rejected.append(ImportRejection(line=line_no, errors=errors))
 
-    def take(self) -> list[Record]:
-        records, self.records = self.records, []
+    def take(self, *, final: bool = False) -> list[Record]:
+        """The order parts to store now: all but the last line's order, which may go on in the next chunk.
+
+        Unless final, or that order's lines are all there are (a chunk's worth: it is then stored in parts).
+        """
+        held = None
+        if not final and len(self.orders) > 1 and self.last_order is not None:
+            held = self.orders.pop(self.last_order, None)
+        records = [order_part(order_id, lines) for order_id, lines in self.orders.items()]
+        self.orders = {self.last_order: held} if held is not None and self.last_order is not None else {}
+        self.pending = len(held) if held is not None else 0
         return records
 
 
-_CREATE_STAGING = """
-    CREATE TEMP TABLE {staging} (
-        line_no bigint, rejected boolean, order_id text, customer_id text, occurred_at timestamptz, currency text,
-        places int, channel text, store_id text, amount numeric, item text, normalised text
+_PARTS_TABLE = """
+    CREATE TEMP TABLE {table} (
+        first_line bigint, order_id text, customer_id text, currency text, places int, occurred_at timestamptz,
+        occurred text, channel text, store_id text, rejected boolean, disagreeing boolean, first_good_line bigint,
+        total numeric, items text, normalised text[], event_id text, data text
     ) ON COMMIT DROP
 """
+# One row per order_id of the import: its first part's event id and the envelope id it was stored
+# with. `spans`: more parts came in later chunks, so the order is grouped again at the end.
+_ORDERS_TABLE = """
+    CREATE TEMP TABLE {orders} (
+        order_id text PRIMARY KEY, event_id text, envelope_id text, skipped boolean, disagreeing boolean,
+        first_good_line bigint, spans boolean NOT NULL DEFAULT false
+    ) ON COMMIT DROP
+"""
+# `known`: ingest already has a purchase of that order id (sent live, or imported before). A scalar
+# subquery, so one index probe per order: as EXISTS the planner may hash every stored purchase, per chunk.
+_KNOWN = """coalesce((SELECT true FROM ingested_events e
+    WHERE e.order_id = {rows}.order_id AND e.kind = 'purchase' LIMIT 1), false)"""
+_ENVELOPE = (
+    """'{"specversion":"1.0","id":"' || envelope_id || '","source":"cx.ingest","type":"purchase.completed",'"""
+    """ || '"time":"' || occurred || '","subject":"' || customer_id || '"'"""
+    """ || ',"datacontenttype":"application/json","data":' || data || '}'"""
+)
+# Stores the orders of `new` (event_id, customer_id, order_id, envelope_id, occurred_at, occurred,
+# data) not stored before, and queues exactly those, in time order: the answer is how many, and
+# the outbox ids they got (to find them again should one be taken back).
+_STORE_NEW = f"""
+    stored AS (
+        INSERT INTO ingested_events (source, event_id, kind, customer_key, order_id, envelope_id, occurred_at, payload)
+        SELECT $1, event_id, 'purchase', customer_id, order_id, envelope_id, occurred_at, CAST(data AS jsonb)
+        FROM new ORDER BY occurred_at
+        ON CONFLICT ON CONSTRAINT ingested_events_source_event_id DO NOTHING
+        RETURNING envelope_id
+    ), queued AS (
+        INSERT INTO outbox (event_id, topic, key, payload)
+        SELECT envelope_id, '{PURCHASES}', customer_id, {_ENVELOPE}
+        FROM new WHERE envelope_id IN (SELECT envelope_id FROM stored) ORDER BY occurred_at
+        RETURNING id
+    )
+    SELECT count(*), min(id), max(id) FROM queued
+"""
+# One chunk's parts ({batch}, one per order id): kept for the end; an order id no earlier chunk had
+# is stored unless known. One an earlier chunk had is only marked `spans` (the unique index finds
+# it: no join whose plan could go wrong).
+_STORE_CHUNK = f"""
+    WITH kept AS (INSERT INTO {{parts}} SELECT * FROM {{batch}}), chunk AS (
+        INSERT INTO {{orders}} AS o (order_id, event_id, envelope_id, skipped, disagreeing, first_good_line)
+        SELECT order_id, event_id, gen_random_uuid()::text, rejected OR disagreeing, disagreeing, first_good_line
+        FROM {{batch}}
+        ON CONFLICT (order_id) DO UPDATE SET spans = true
+        RETURNING o.order_id, o.envelope_id, o.skipped, o.spans
+    ), new AS (
+        SELECT b.*, c.envelope_id FROM {{batch}} b JOIN chunk c USING (order_id)
+        WHERE NOT c.spans AND NOT c.skipped AND NOT {_KNOWN.format(rows="b")}
+    ),
+    {_STORE_NEW}
+"""
+_HAS_SPANNING = "SELECT EXISTS (SELECT 1 FROM {orders} WHERE spans)"
+# An order whose lines came in several chunks: its first part (if stored) is taken back, stored
+# row and queued message (found among this import's outbox ids $2-$3), then the order is grouped
+# from all its parts (as order_part groups lines) and stored whole.
+_UNSTORE_SPANNING = """
+    DELETE FROM ingested_events WHERE source = $1
+        AND event_id = ANY(ARRAY(SELECT event_id FROM {orders} WHERE spans))
+        AND envelope_id = ANY(ARRAY(SELECT envelope_id FROM {orders} WHERE spans))
+"""
+_UNQUEUE_SPANNING = """
+    DELETE FROM outbox WHERE id BETWEEN $1 AND $2
+        AND event_id = ANY(ARRAY(SELECT envelope_id FROM {orders} WHERE spans))
+"""
 _UTC_ISO = """to_char(min(occurred_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-# One row per order, its purchase.completed data built as JSON text. Event id = hash of the order's
-# normalised lines (in any order in the file): a re-run finds it. Lines of an order that disagree
-# on customer or currency skip it (rejected lines have neither, so min/max skip them).
-_GROUP_ORDERS = f"""
-    CREATE TEMP TABLE {{orders}} ON COMMIT DROP AS
-    SELECT *, gen_random_uuid()::text AS envelope_id, skipped_line OR disagreeing AS skipped,
-        EXISTS (SELECT 1 FROM ingested_events e WHERE e.order_id = grouped.order_id AND e.kind = 'purchase') AS known,
-        json_build_object('event_id', event_id, 'order_id', order_id, 'customer_id', customer_id,
-            'occurred_at', occurred, 'currency', currency, 'channel', channel, 'store_id', store_id,
-            'items', CAST(items AS json), 'total', total)::text AS data
+_MERGED = f"""
+    SELECT order_id, customer_id, occurred_at, occurred, first_good_line, disagreeing,
+        rejected OR disagreeing AS skipped, {_KNOWN.format(rows="grouped")} AS known, event_id,
+        gen_random_uuid()::text AS envelope_id,
+        '{{"event_id":"' || event_id || '","order_id":"' || order_id || '","customer_id":"' || customer_id
+            || '","occurred_at":"' || occurred || '","currency":"' || currency || '","channel":"' || channel
+            || '","store_id":' || coalesce('"' || store_id || '"', 'null') || ',"items":[' || items
+            || '],"total":"' || total || '"}}' AS data
     FROM (
         SELECT order_id, min(customer_id) AS customer_id, min(currency) AS currency, min(occurred_at) AS occurred_at,
-            {_UTC_ISO} AS occurred, min(channel) AS channel, min(store_id) AS store_id,
-            bool_or(rejected) AS skipped_line,
-            coalesce(min(customer_id) <> max(customer_id) OR min(currency) <> max(currency), false) AS disagreeing,
-            min(line_no) FILTER (WHERE NOT rejected) AS first_good_line,
-            '[' || string_agg(item, ',' ORDER BY line_no) || ']' AS items,
-            round(sum(amount), min(places))::text AS total,
-            'import-' || md5(string_agg(normalised, E'\\n' ORDER BY normalised)) AS event_id
-        FROM {{staging}} WHERE order_id IS NOT NULL GROUP BY order_id
-    ) grouped
+            {_UTC_ISO} AS occurred, min(channel) AS channel, min(store_id) AS store_id, bool_or(rejected) AS rejected,
+            coalesce(bool_or(disagreeing) OR min(customer_id) <> max(customer_id) OR min(currency) <> max(currency),
+                false) AS disagreeing,
+            min(first_good_line) AS first_good_line,
+            string_agg(nullif(items, ''), ',' ORDER BY first_line) AS items,
+            round(sum(total), min(places))::text AS total
+        FROM spanning GROUP BY order_id
+    ) grouped LEFT JOIN (
+        SELECT order_id, 'import-' || md5(string_agg(n, E'\\n' ORDER BY n COLLATE "C")) AS event_id
+        FROM spanning, unnest(normalised) n GROUP BY order_id
+    ) hashed USING (order_id)
+"""
+_MERGE_SPANNING = f"""
+    WITH spanning AS (SELECT * FROM {{parts}} WHERE order_id IN (SELECT order_id FROM {{orders}} WHERE spans)),
+    merged AS ({_MERGED}), updated AS (
+        UPDATE {{orders}} o SET (event_id, envelope_id, skipped, disagreeing, first_good_line) =
+            (m.event_id, m.envelope_id, m.skipped, m.disagreeing, m.first_good_line)
+        FROM merged m WHERE o.order_id = m.order_id
+    ), new AS (SELECT * FROM merged WHERE NOT skipped AND NOT known),
+    {_STORE_NEW}
 """
 _COUNT_ORDERS = "SELECT count(*), count(*) FILTER (WHERE skipped) FROM {orders}"
 _DISAGREEING_ORDERS = (
     "SELECT order_id, first_good_line FROM {orders} WHERE disagreeing ORDER BY first_good_line LIMIT $1"
 )
-_ENVELOPE = (
-    """'{"specversion":"1.0","id":"' || envelope_id || '","source":"cx.ingest","type":"purchase.completed",'"""
-    """ || '"time":"' || occurred || '","subject":' || to_json(customer_id)::text"""
-    """ || ',"datacontenttype":"application/json","data":' || data || '}'"""
-)
-# The good orders no event has named yet (imported before, or sent live), as store_statement() rows,
-# stored and queued in time order. `known` is a column (not a NOT EXISTS here) so the planner
-# knows how many rows the store joins: misjudged as one, it picks a nested loop, quadratic.
-_NEW_ORDERS = f"""
-    SELECT event_id, 'purchase' AS kind, customer_id AS customer_key, order_id, envelope_id, occurred_at,
-        '{PURCHASES}' AS topic, data AS payload, {_ENVELOPE} AS message, occurred_at AS position
-    FROM {{orders}} WHERE NOT skipped AND NOT known
-"""
+
+
+@dataclass
+class Queued:
+    """How many orders an import stored and queued, and the outbox ids they got (between first and last)."""
+
+    count: int = 0
+    first_id: int = 0
+    last_id: int = 0
+
+    def add(self, count: int, first_id: int | None, last_id: int | None) -> None:
+        if count and first_id is not None and last_id is not None:
+            self.first_id = min(self.first_id or first_id, first_id)
+            self.last_id = max(self.last_id, last_id)
+        self.count += count
+
+
+# Parsing yields to the event loop this often while a chunk is being stored: each of the store's
+# steps (a COPY buffer, a statement, an answer) waits for a turn of the loop.
+_YIELD_EVERY_LINES = 200
 
 
 async def import_orders(
@@ -430,50 +591,72 @@ async def import_orders(
     """
     # Fresh names per import: asyncpg caches statements, and a cached one may name a dropped table.
     name = uuid.uuid4().hex[:16]
-    staging, orders = f"import_lines_{name}", f"import_orders_{name}"
-    await connection.execute(_CREATE_STAGING.replace("{staging}", staging))
+    tables = {"{batch}": f"import_batch_{name}", "{parts}": f"import_parts_{name}", "{orders}": f"import_orders_{name}"}
+
+    def sql(statement: str) -> str:
+        for placeholder, table in tables.items():
+            statement = statement.replace(placeholder, table)
+        return statement
+
+    for table in (tables["{batch}"], tables["{parts}"]):
+        await connection.execute(_PARTS_TABLE.replace("{table}", table))
+    await connection.execute(sql(_ORDERS_TABLE))
     await connection.execute(f"SET LOCAL work_mem = '{int(work_mem_mb)}MB'")  # sorts by order in memory
+    # Joins of a statement's own rows (a CTE the planner cannot size) hashed, never a nested loop:
+    # misjudged as one row, a nested loop is quadratic.
+    await connection.execute("SET LOCAL enable_nestloop = off")
     rows = CsvRows(mapping) if file_format == "csv" else NdjsonRows(mapping)
     run = ImportRun(LineCheck(limits), max_reported)
-    # PostgreSQL stores one COPY while the next lines are parsed.
-    copying: asyncio.Task[None] | None = None
-    async for chunk in chunks:
-        for line_no, row in rows.feed(chunk):
+    chunk_statement = sql(_STORE_CHUNK)
+    queued = Queued()
+
+    async def store_chunk(records: list[Record]) -> None:
+        if records:
+            await connection.execute(sql("TRUNCATE {batch}"))
+            await connection.copy_records_to_table(tables["{batch}"], records=records, columns=PART_COLUMNS)
+            queued.add(*await connection.fetchrow(chunk_statement, source))
+
+    # PostgreSQL stores one chunk's orders while the next lines are parsed.
+    storing: asyncio.Task[None] | None = None
+    try:
+        async for chunk in chunks:
+            for count, (line_no, row) in enumerate(rows.feed(chunk), 1):
+                run.add(line_no, row)
+                if count % _YIELD_EVERY_LINES == 0 and storing is not None and not storing.done():
+                    await asyncio.sleep(0)  # the chunk being stored sends its next COPY buffer or statement
+            if run.pending >= copy_rows:
+                if storing is not None:
+                    await storing
+                storing = asyncio.create_task(store_chunk(run.take()))
+            await asyncio.sleep(0)  # let the chunk's statements go out
+        for line_no, row in rows.feed(b"", final=True):
             run.add(line_no, row)
-        if len(run.records) >= copy_rows:
-            if copying is not None:
-                await copying
-            copying = asyncio.create_task(_copy(connection, staging, run.take()))
-        await asyncio.sleep(0)  # let the COPY send what it has
-    for line_no, row in rows.feed(b"", final=True):
-        run.add(line_no, row)
-    if copying is not None:
-        await copying
-    await _copy(connection, staging, run.take())
-    await connection.execute(_GROUP_ORDERS.replace("{orders}", orders).replace("{staging}", staging))
-    await connection.execute(f"ANALYZE {orders}")  # sizes for the store's joins
+    finally:
+        if storing is not None:  # the connection is free again before the transaction ends
+            await asyncio.gather(storing, return_exceptions=True)
+    if storing is not None:
+        await storing  # its error, if any
+    await store_chunk(run.take(final=True))
+    if await connection.fetchval(sql(_HAS_SPANNING)):
+        await connection.execute(sql(_UNSTORE_SPANNING), source)
+        if queued.count:
+            status = await connection.execute(sql(_UNQUEUE_SPANNING), queued.first_id, queued.last_id)
+            queued.count -= int(status.split()[-1])
+        queued.add(*await connection.fetchrow(sql(_MERGE_SPANNING), source))
     room = max(0, max_reported - len(run.rejected))
-    for order_id, line_no in await connection.fetch(_DISAGREEING_ORDERS.replace("{orders}", orders), room):
+    for order_id, line_no in await connection.fetch(sql(_DISAGREEING_ORDERS), room):
         message = f"lines of order {order_id} disagree on customer_id or currency"
         run.rejected.append(ImportRejection(line=line_no, errors=[FieldError(field="order_id", message=message)]))
-    found, skipped = await connection.fetchrow(_COUNT_ORDERS.replace("{orders}", orders))
-    imported = await connection.fetchval(
-        store_statement(_NEW_ORDERS.replace("{orders}", orders), answer=COUNT_STORED), source
-    )
+    found, skipped = await connection.fetchrow(sql(_COUNT_ORDERS))
     return ImportReport(
         lines=run.lines,
         orders=found,
-        imported=imported,
-        duplicates=found - skipped - imported,
+        imported=queued.count,
+        duplicates=found - skipped - queued.count,
         rejected_lines=run.rejected_lines,
         skipped_orders=skipped,
         rejected=sorted(run.rejected, key=lambda r: r.line),
     )
-
-
-async def _copy(connection: asyncpg.Connection, staging: str, records: list[Record]) -> None:
-    if records:
-        await connection.copy_records_to_table(staging, records=records, columns=COLUMNS)
 
 
 @router.post("/imports", response_model=ImportReport)

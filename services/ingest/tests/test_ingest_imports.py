@@ -9,13 +9,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
+from ingest.api import limits
+from ingest.config import IngestSettings
 from ingest.importer import cli
+from ingest.imports import import_orders, parse_mapping
+from ingest.schemas import ImportReport
 from sqlalchemy import text
 from typer.testing import CliRunner
 
 from shared.envelope import Envelope
+from shared.outbox import asyncpg_dsn
 from shared.testing import TestPlatform
 
 
@@ -193,3 +199,59 @@ def test_import_tool_writes_to_the_database_and_reruns_import_nothing(platform: 
     assert (report["imported"], report["rejected"][0]["line"]) == (2, 3)
     second = CliRunner().invoke(cli, args)
     assert json.loads(second.stdout[second.stdout.index("{") :])["duplicates"] == 2
+
+
+async def import_in_chunks(platform: TestPlatform, body: str, *, source: str, copy_rows: int) -> ImportReport:
+    connection = await asyncpg.connect(asyncpg_dsn(platform.database_urls["ingest"]))
+    try:
+        async with connection.transaction():
+            return await import_orders(
+                connection,
+                source=source,
+                chunks=chunked(body.encode(), 40),
+                file_format="csv",
+                mapping=parse_mapping([]),
+                limits=limits(IngestSettings()),
+                copy_rows=copy_rows,
+            )
+    finally:
+        await connection.close()
+
+
+async def test_orders_spread_over_chunks_are_stored_whole_once(
+    api: httpx.AsyncClient, api_headers: dict[str, str], platform: TestPlatform
+) -> None:
+    """Chunks of two lines: A, C and D come back in later chunks, B crosses a chunk's end, F is known."""
+    t = tag()
+    when = "2024-04-01T10:00:00Z"
+    lines = [
+        (f"A-{t}", "c1", "A1", "1"), (f"A-{t}", "c1", "A2", "1"), (f"B-{t}", "c2", "B1", "1"),
+        (f"B-{t}", "c2", "B2", "1"), (f"B-{t}", "c2", "B3", "1"), (f"C-{t}", "c3", "C1", "1"),
+        (f"D-{t}", "c4", "D1", "1"), (f"E-{t}", "c5", "E1", "1"), (f"F-{t}", "c6", "F1", "1"),
+        (f"A-{t}", "c1", "A3", "2"), (f"C-{t}", "c3", "C2", "lots"), (f"D-{t}", "c9", "D2", "1"),
+    ]  # fmt: skip
+    body = "order_id,customer_id,occurred_at,currency,sku,quantity,unit_price\n" + "".join(
+        f"{order},{customer}-{t},{when},USD,{sku},{quantity},2.50\n" for order, customer, sku, quantity in lines
+    )
+    live = {"event_id": f"live-{t}", "order_id": f"F-{t}", "customer_id": f"c6-{t}", "occurred_at": when,
+            "currency": "USD", "items": [{"sku": "F1", "quantity": 1, "unit_price": "2.50"}]}  # fmt: skip
+    assert (await api.post("/v1/purchases", json=live, headers=api_headers)).status_code == 202
+    report = await import_in_chunks(platform, body, source=f"chunks-{t}", copy_rows=2)
+    assert (report.orders, report.imported, report.duplicates, report.skipped_orders) == (6, 3, 1, 2)
+    assert [(r.line, r.errors[0].field) for r in report.rejected] == [(8, "order_id"), (12, "quantity")]
+    [order_a] = await stored_order(platform, f"A-{t}")
+    assert ([i["sku"] for i in order_a["items"]], order_a["total"]) == (["A1", "A2", "A3"], "10.00")
+    assert [len(await stored_order(platform, f"{o}-{t}")) for o in "BCDE"] == [1, 0, 0, 1]
+    async with platform.engine("ingest").connect() as conn:
+        queued = (
+            await conn.execute(
+                text("select o.payload from outbox o join ingested_events e on e.envelope_id = o.event_id "
+                     "where e.source = :s"), {"s": f"chunks-{t}"}
+            )
+        ).scalars().all()  # fmt: skip
+        parts = await conn.scalar(text("select count(*) from outbox where payload like :p"), {"p": f"%A-{t}%"})
+    assert sorted(Envelope.decode(q.encode()).data["order_id"] for q in queued) == [f"{o}-{t}" for o in "ABE"]
+    assert parts == 1  # A queued once, whole
+    whole = await import_in_chunks(platform, body, source=f"chunks-{t}", copy_rows=1000)
+    again = await import_in_chunks(platform, body, source=f"chunks-{t}", copy_rows=2)
+    assert (whole.imported, whole.duplicates, again.imported, again.duplicates) == (0, 4, 0, 4)

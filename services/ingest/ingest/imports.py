@@ -29,6 +29,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from ingest.api import Writer, limits, settings_of, source_for
+from ingest.events import envelope_id
 from ingest.schemas import (
     EARLIEST,
     IDENTIFIER,
@@ -53,7 +54,7 @@ CHANNEL = re.compile(r"[a-z0-9_.-]{1,32}")
 # if the part is the whole order (else PostgreSQL groups the parts again).
 PART_COLUMNS = (
     "first_line", "order_id", "customer_id", "currency", "places", "occurred_at", "occurred", "channel", "store_id",
-    "rejected", "disagreeing", "first_good_line", "total", "items", "normalised", "event_id", "data",
+    "rejected", "disagreeing", "first_good_line", "total", "items", "normalised", "event_id", "envelope_id", "data",
 )  # fmt: skip
 Record = tuple[Any, ...]
 # A checked line: line_no, rejected, order_id, customer_id, occurred_at, its UTC text as stored,
@@ -367,7 +368,8 @@ def order_part(order_id: str, lines: list[Line]) -> Record:
     good = [line for line in lines if not line[1]]
     rejected = len(good) < len(lines)
     if not good:
-        return (lines[0][0], order_id, None, None, 0, None, None, None, None, True, False, None, 0, "", [], None, None)
+        empty: Record = (None, None, 0, None, None, None, None, True, False, None, 0, "", [], None, envelope_id(), None)
+        return (lines[0][0], order_id, *empty)
     first = earliest = good[0]
     _, _, _, customer_id, _, _, currency, places, channel, store_id, total, _, _ = first
     disagreeing = False
@@ -393,7 +395,7 @@ def order_part(order_id: str, lines: list[Line]) -> Record:
         )
     return (
         lines[0][0], order_id, customer_id, currency, places, earliest[4], occurred, channel, store_id, rejected,
-        disagreeing, first[0], total, items, normalised, event_id, data,
+        disagreeing, first[0], total, items, normalised, event_id, envelope_id(), data,
     )  # fmt: skip
 
 
@@ -448,7 +450,7 @@ _PARTS_TABLE = """
     CREATE TEMP TABLE {table} (
         first_line bigint, order_id text, customer_id text, currency text, places int, occurred_at timestamptz,
         occurred text, channel text, store_id text, rejected boolean, disagreeing boolean, first_good_line bigint,
-        total numeric, items text, normalised text[], event_id text, data text
+        total numeric, items text, normalised text[], event_id text, envelope_id text, data text
     ) ON COMMIT DROP
 """
 # One row per order_id of the import: its first part's event id and the envelope id it was stored
@@ -492,20 +494,19 @@ _STORE_NEW = f"""
 _STORE_CHUNK = f"""
     WITH kept AS (INSERT INTO {{parts}} SELECT * FROM {{batch}}), chunk AS (
         INSERT INTO {{orders}} AS o (order_id, event_id, envelope_id, skipped, disagreeing, first_good_line)
-        SELECT order_id, event_id, gen_random_uuid()::text, rejected OR disagreeing, disagreeing, first_good_line
-        FROM {{batch}}
+        SELECT order_id, event_id, envelope_id, rejected OR disagreeing, disagreeing, first_good_line FROM {{batch}}
         ON CONFLICT (order_id) DO UPDATE SET spans = true
-        RETURNING o.order_id, o.envelope_id, o.skipped, o.spans
+        RETURNING o.order_id, o.skipped, o.spans
     ), new AS (
-        SELECT b.*, c.envelope_id FROM {{batch}} b JOIN chunk c USING (order_id)
+        SELECT b.* FROM {{batch}} b JOIN chunk c USING (order_id)
         WHERE NOT c.spans AND NOT c.skipped AND NOT {_KNOWN.format(rows="b")}
     ),
     {_STORE_NEW}
 """
 _HAS_SPANNING = "SELECT EXISTS (SELECT 1 FROM {orders} WHERE spans)"
 # An order whose lines came in several chunks: its first part (if stored) is taken back, stored
-# row and queued message (found among this import's outbox ids $2-$3), then the order is grouped
-# from all its parts (as order_part groups lines) and stored whole.
+# row and queued message (found among this import's outbox ids, $1-$2), then the order is grouped
+# from all its parts (as order_part groups lines) and stored whole, with its first part's envelope id.
 _UNSTORE_SPANNING = """
     DELETE FROM ingested_events WHERE source = $1
         AND event_id = ANY(ARRAY(SELECT event_id FROM {orders} WHERE spans))
@@ -518,8 +519,7 @@ _UNQUEUE_SPANNING = """
 _UTC_ISO = """to_char(min(occurred_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 _MERGED = f"""
     SELECT order_id, customer_id, occurred_at, occurred, first_good_line, disagreeing,
-        rejected OR disagreeing AS skipped, {_KNOWN.format(rows="grouped")} AS known, event_id,
-        gen_random_uuid()::text AS envelope_id,
+        rejected OR disagreeing AS skipped, {_KNOWN.format(rows="grouped")} AS known, event_id, envelope_id,
         '{{"event_id":"' || event_id || '","order_id":"' || order_id || '","customer_id":"' || customer_id
             || '","occurred_at":"' || occurred || '","currency":"' || currency || '","channel":"' || channel
             || '","store_id":' || coalesce('"' || store_id || '"', 'null') || ',"items":[' || items
@@ -531,6 +531,7 @@ _MERGED = f"""
                 false) AS disagreeing,
             min(first_good_line) AS first_good_line,
             string_agg(nullif(items, ''), ',' ORDER BY first_line) AS items,
+            (array_agg(envelope_id ORDER BY first_line))[1] AS envelope_id,
             round(sum(total), min(places))::text AS total
         FROM spanning GROUP BY order_id
     ) grouped LEFT JOIN (

@@ -391,3 +391,50 @@ async def test_an_erased_customer_leaves_every_segment_and_is_forgotten(platform
         confirmed = await session.execute(text("SELECT payload FROM outbox WHERE topic = 'segments.erasures.v1'"))
         envelope = Envelope.model_validate_json(confirmed.scalar_one())
         assert envelope.type == "erasure.confirmed" and envelope.data["request_id"] == "er-1"
+
+
+async def test_facts_count_occasions_and_repeat_spend_net_of_refunds(platform: TestPlatform) -> None:
+    from segments.facts import build_facts_table, load_customer_facts
+
+    day = datetime(2026, 3, 10, 9, tzinfo=UTC)
+    async with rollback_session(platform.engine("segments")) as session:
+        await clean_slate(session)
+        await session.execute(text("INSERT INTO customers (customer_id) VALUES ('f-1'), ('f-2')"))
+        orders = [
+            ("o-1", "f-1", day, "10.00"),
+            ("o-2", "f-1", day + timedelta(hours=5), "20.00"),  # same UTC day: one occasion
+            ("o-3", "f-1", day + timedelta(days=1), "30.00"),
+            ("o-4", "f-1", day + timedelta(days=3), "40.00"),
+            ("o-5", "f-2", day, "15.00"),
+        ]
+        for order_id, customer, at, amount in orders:
+            await session.execute(
+                text("INSERT INTO orders VALUES (:id, :c, :at, :amount, 'USD')"),
+                {"id": order_id, "c": customer, "at": at, "amount": Decimal(amount)},
+            )
+        refunds = [("r-1", "o-3", "f-1", "5.00"), ("r-2", "o-1", "f-1", "1.00"), ("r-3", "o-5", "f-2", "15.00")]
+        for refund_id, order_id, customer, amount in refunds:
+            await session.execute(
+                text("INSERT INTO refunds VALUES (:id, :o, :c, :at, :amount)"),
+                {
+                    "id": refund_id,
+                    "o": order_id,
+                    "c": customer,
+                    "at": day + timedelta(days=4),
+                    "amount": Decimal(amount),
+                },
+            )
+        as_of = day + timedelta(days=10)
+        one = await load_customer_facts(session, customer_id="f-1", as_of=as_of)
+        assert one is not None
+        assert (one.frequency, one.repeat_days, one.recency_days, one.tenure_days) == (4, 2, 7, 10)
+        assert one.monetary == Decimal("94.00")  # 100 ordered, 6 refunded
+        assert one.repeat_spend == Decimal("65.00")  # (30 - 5) + 40: the first day's orders do not count
+        await build_facts_table(session, as_of=as_of)
+        rows = {r.customer_id: r for r in await session.execute(text("SELECT * FROM customer_facts"))}
+        assert (rows["f-1"].repeat_spend, rows["f-1"].monetary, rows["f-1"].repeat_days) == (
+            Decimal("65.00"),
+            Decimal("94.00"),
+            2,
+        )
+        assert (rows["f-2"].repeat_spend, rows["f-2"].monetary, rows["f-2"].repeat_days) == (0, 0, 0)

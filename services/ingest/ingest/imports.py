@@ -51,9 +51,10 @@ FIELDS = REQUIRED + OPTIONAL
 CHANNEL = re.compile(r"[a-z0-9_.-]{1,32}")
 # An order's part: its lines read since the last chunk was stored (the whole order, unless its lines
 # go on in a later chunk), as copied to PostgreSQL. Its event id and data are those of the order
-# if the part is the whole order (else PostgreSQL groups the parts again).
+# if the part is the whole order (else PostgreSQL groups the parts again, from the total, the items
+# and the normalised lines: a JSON list, cheaper to copy than an array).
 PART_COLUMNS = (
-    "first_line", "order_id", "customer_id", "currency", "places", "occurred_at", "occurred", "channel", "store_id",
+    "first_line", "order_id", "customer_id", "currency", "occurred_at", "occurred", "channel", "store_id",
     "rejected", "disagreeing", "first_good_line", "total", "items", "normalised", "event_id", "envelope_id", "data",
 )  # fmt: skip
 Record = tuple[Any, ...]
@@ -368,7 +369,23 @@ def order_part(order_id: str, lines: list[Line]) -> Record:
     good = [line for line in lines if not line[1]]
     rejected = len(good) < len(lines)
     if not good:
-        empty: Record = (None, None, 0, None, None, None, None, True, False, None, 0, "", [], None, envelope_id(), None)
+        empty: Record = (
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            True,
+            False,
+            None,
+            "0",
+            "",
+            "[]",
+            None,
+            envelope_id(),
+            None,
+        )
         return (lines[0][0], order_id, *empty)
     first = earliest = good[0]
     _, _, _, customer_id, _, _, currency, places, channel, store_id, total, _, _ = first
@@ -384,6 +401,7 @@ def order_part(order_id: str, lines: list[Line]) -> Record:
     occurred = earliest[5]
     items = b",".join([line[11] for line in good]).decode()
     normalised = sorted([line[12] for line in good])  # code point order: PostgreSQL's "C" collation
+    total_text = str(total.quantize(QUANTUM[places]))
     event_id = data = None
     if not (rejected or disagreeing):
         event_id = "import-" + hashlib.md5("\n".join(normalised).encode()).hexdigest()
@@ -391,11 +409,11 @@ def order_part(order_id: str, lines: list[Line]) -> Record:
         data = (
             f'{{"event_id":"{event_id}","order_id":"{order_id}","customer_id":"{customer_id}",'
             f'"occurred_at":"{occurred}","currency":"{currency}","channel":"{channel}","store_id":{store},'
-            f'"items":[{items}],"total":"{total.quantize(QUANTUM[places])}"}}'
+            f'"items":[{items}],"total":"{total_text}"}}'
         )
     return (
-        lines[0][0], order_id, customer_id, currency, places, earliest[4], occurred, channel, store_id, rejected,
-        disagreeing, first[0], total, items, normalised, event_id, envelope_id(), data,
+        lines[0][0], order_id, customer_id, currency, earliest[4], occurred, channel, store_id, rejected,
+        disagreeing, first[0], total_text, items, orjson.dumps(normalised).decode(), event_id, envelope_id(), data,
     )  # fmt: skip
 
 
@@ -448,9 +466,9 @@ class ImportRun:
 
 _PARTS_TABLE = """
     CREATE TEMP TABLE {table} (
-        first_line bigint, order_id text, customer_id text, currency text, places int, occurred_at timestamptz,
+        first_line bigint, order_id text, customer_id text, currency text, occurred_at timestamptz,
         occurred text, channel text, store_id text, rejected boolean, disagreeing boolean, first_good_line bigint,
-        total numeric, items text, normalised text[], event_id text, envelope_id text, data text
+        total text, items text, normalised text, event_id text, envelope_id text, data text
     ) ON COMMIT DROP
 """
 # One row per order_id of the import: its first part's event id and the envelope id it was stored
@@ -532,11 +550,11 @@ _MERGED = f"""
             min(first_good_line) AS first_good_line,
             string_agg(nullif(items, ''), ',' ORDER BY first_line) AS items,
             (array_agg(envelope_id ORDER BY first_line))[1] AS envelope_id,
-            round(sum(total), min(places))::text AS total
+            sum(CAST(total AS numeric))::text AS total
         FROM spanning GROUP BY order_id
     ) grouped LEFT JOIN (
         SELECT order_id, 'import-' || md5(string_agg(n, E'\\n' ORDER BY n COLLATE "C")) AS event_id
-        FROM spanning, unnest(normalised) n GROUP BY order_id
+        FROM spanning, json_array_elements_text(CAST(normalised AS json)) n GROUP BY order_id
     ) hashed USING (order_id)
 """
 _MERGE_SPANNING = f"""

@@ -369,24 +369,8 @@ def order_part(order_id: str, lines: list[Line]) -> Record:
     good = [line for line in lines if not line[1]]
     rejected = len(good) < len(lines)
     if not good:
-        empty: Record = (
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            True,
-            False,
-            None,
-            "0",
-            "",
-            "[]",
-            None,
-            envelope_id(),
-            None,
-        )
-        return (lines[0][0], order_id, *empty)
+        nothing: Record = (None, None, None, None, None, None, True, False, None, "0", "", "[]", None)
+        return (lines[0][0], order_id, *nothing, envelope_id(), None)
     first = earliest = good[0]
     _, _, _, customer_id, _, _, currency, places, channel, store_id, total, _, _ = first
     disagreeing = False

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from profiles.config import ProfilesSettings
 from profiles.handlers import BATCH_HANDLERS, HANDLERS
 from profiles.lifecycle import reevaluate_stages
-from profiles.portrait import publish_changes
+from profiles.portrait import publish_profile_changes
 from profiles.recommendations import affinity_changes, rebuild_recommendations
 from profiles.service import utcnow
 from shared.jobs import every
@@ -26,6 +28,8 @@ from shared.topics import (
     SEGMENT_MEMBERSHIP,
 )
 
+log = logging.getLogger(__name__)
+
 CONSUMES = [
     PURCHASES,
     INTERACTIONS,
@@ -39,12 +43,36 @@ CONSUMES = [
 
 
 def jobs(settings: ProfilesSettings) -> list[Job]:
-    resume_after = [""]  # where the last run stopped: bounded runs take every profile in turn
+    async def publish_changed_profiles(runtime: ServiceRuntime) -> None:
+        """Every interval, the dirty profiles in batches (PUBLISH_BATCH_SIZE), each batch in a
+        transaction of its own, up to PUBLISH_MAX_PER_RUN a run (then on from there the next run).
 
-    async def publish_changed_profiles(session: AsyncSession) -> None:
-        _, resume_after[0] = await publish_changes(
-            session, settings=settings, now=utcnow(), max_profiles=settings.publish_max_per_run, after=resume_after[0]
-        )
+        A batch's claimed rows stay locked until its transaction ends, and a consumer batch that
+        touches one of them (the points.earned after a purchase, typically) waits: committing each
+        batch holds them for one batch, not for the whole run (four).
+        """
+        after = ""  # where the last run stopped: bounded runs take every profile in turn
+        while True:
+            await asyncio.sleep(settings.publish_interval_seconds)
+            try:
+                after = await publish_run(runtime, after)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduled job failed", extra={"job": "publish_changed_profiles"})
+
+    async def publish_run(runtime: ServiceRuntime, after: str) -> str:
+        claimed_total, wrapped = 0, not after
+        while claimed_total < settings.publish_max_per_run:
+            async with runtime.sessionmaker() as session, session.begin():
+                claimed, _, after = await publish_profile_changes(session, settings=settings, now=utcnow(), after=after)
+            claimed_total += claimed
+            if claimed:
+                continue
+            if wrapped and not after:
+                return ""
+            after, wrapped = "", True  # once more from the first key: profiles made dirty behind the last one
+        return after
 
     async def reevaluate_lifecycle_stages(session: AsyncSession) -> None:
         await reevaluate_stages(session, settings=settings, now=utcnow())
@@ -61,7 +89,7 @@ def jobs(settings: ProfilesSettings) -> list[Job]:
         rebuilt_at_changes[0] = changes
 
     return [
-        every(settings.publish_interval_seconds, publish_changed_profiles),
+        publish_changed_profiles,
         every(settings.lifecycle_interval_seconds, reevaluate_lifecycle_stages),
         every(settings.recommendation_rebuild_seconds, rebuild_item_neighbours),
     ]

@@ -84,6 +84,7 @@ async def build_facts_table(session: AsyncSession, *, as_of: datetime) -> int:
         text(f"CREATE TEMPORARY TABLE customer_facts ON COMMIT DROP AS {facts_sql(customer_filter=False)}"),
         {"as_of": as_of},
     )
-    await session.execute(text("ALTER TABLE customer_facts ADD PRIMARY KEY (customer_id)"))
+    # No index: every reader scans or hashes the whole table (rows are unique per customer by the
+    # GROUP BY); a primary key over a million customers cost 0.2 s CPU, 0.5-0.8 s under load.
     await session.execute(text("ANALYZE customer_facts"))
     return int((await session.execute(text("SELECT count(*) FROM customer_facts"))).scalar_one())

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.consumer import HandlerMap
 from shared.envelope import Envelope
+from shared.outbox import PUBLISHED
 from shared.tables import outbox
 
 erased_customers = Table(
@@ -77,7 +78,7 @@ async def forget_published_messages(session: AsyncSession, event: Envelope) -> N
     service confirmed, so this service's confirmation, its last message naming the customer, is out.
     """
     customer_id = str(event.data.get("customer_id") or event.subject)
-    await session.execute(delete(outbox).where(outbox.c.key == customer_id, outbox.c.state == "published"))
+    await session.execute(delete(outbox).where(outbox.c.key == customer_id, outbox.c.state == PUBLISHED))
 
 
 ERASURE_HANDLERS: HandlerMap = {"customer.erased": [forget_published_messages]}

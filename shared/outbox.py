@@ -19,15 +19,23 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError, UnknownTopicOrPartitionError
-from sqlalchemy import BigInteger, Interval, any_, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, Interval, Select, any_, bindparam, func, insert, literal_column, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.sql.elements import ColumnClause
 
 from shared.envelope import Envelope
 from shared.migrations import OUTBOX_CHANNEL
 from shared.tables import outbox
 
 log = logging.getLogger(__name__)
+
+# The states as literals, never bound parameters: the partial indexes are on state = 'pending' and
+# state = 'published', and a generic plan for `state = $1` cannot use them. PostgreSQL switched to
+# one after five executions and then walked the primary key past every published row: 46 ms per
+# relay pass in profiles' database (pg_stat_statements, make bench), 0.3 ms with the index.
+PENDING: ColumnClause[str] = literal_column("'pending'")
+PUBLISHED: ColumnClause[str] = literal_column("'published'")
 
 # What a send to a topic the broker does not have fails with (after waiting for its metadata).
 _MISSING_TOPIC_ERRORS = (KafkaTimeoutError, UnknownTopicOrPartitionError)
@@ -81,6 +89,17 @@ async def add_to_outbox_pg(
     )
 
 
+def due_rows(limit: int) -> Select[tuple[int, str, str, str, int]]:
+    """The relay's pass: pending rows due now, oldest first (through the partial index on pending ids)."""
+    return (
+        select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload, outbox.c.attempts)
+        .where(outbox.c.state == PENDING)
+        .where(outbox.c.next_attempt_at <= func.now())
+        .order_by(outbox.c.id)
+        .limit(limit)
+    )
+
+
 def relay_lock_key(name: str) -> int:
     """Advisory lock id: one active relay per database keeps per-key order."""
     return zlib.crc32(f"outbox-relay:{name}".encode())
@@ -130,7 +149,7 @@ class OutboxRelay:
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(outbox)
-                .where(outbox.c.state == "published")
+                .where(outbox.c.state == PUBLISHED)
                 .where(outbox.c.published_at > func.now() - self.retention)
                 .values(state="pending", next_attempt_at=func.now())
             )
@@ -172,15 +191,7 @@ class OutboxRelay:
         async with self.engine.begin() as conn:
             if not await self._is_leader(conn):
                 return 0
-            rows = (
-                await conn.execute(
-                    select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload, outbox.c.attempts)
-                    .where(outbox.c.state == "pending")
-                    .where(outbox.c.next_attempt_at <= func.now())
-                    .order_by(outbox.c.id)
-                    .limit(self.batch_size)
-                )
-            ).all()
+            rows = (await conn.execute(due_rows(self.batch_size))).all()
             if not rows:
                 return 0
             resets_before = self.resets
@@ -310,7 +321,7 @@ class OutboxRelay:
         async with self.engine.begin() as conn:
             await conn.execute(
                 outbox.delete()
-                .where(outbox.c.state == "published")
+                .where(outbox.c.state == PUBLISHED)
                 .where(outbox.c.published_at < func.now() - self.retention)
             )
 

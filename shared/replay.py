@@ -15,6 +15,7 @@ from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.migrate import database_url_for
+from shared.outbox import PUBLISHED
 from shared.settings import SERVICES
 from shared.tables import outbox
 
@@ -24,7 +25,7 @@ async def replay(url: str, *, since: datetime, topic: str | None = None) -> int:
     try:
         statement = (
             update(outbox)
-            .where(outbox.c.state == "published")
+            .where(outbox.c.state == PUBLISHED)
             .where(outbox.c.created_at >= since)
             .values(state="pending", next_attempt_at=func.now())
         )

@@ -668,6 +668,57 @@ async def segment_recompute(platform: Any, customers: int) -> Results:
     }
 
 
+async def start_statement_stats() -> None:
+    """pg_stat_statements (preloaded by the embedded server) from zero: the run's statements only."""
+    conn = await asyncpg.connect(dsn("ingest"))
+    try:
+        await conn.execute("create extension if not exists pg_stat_statements")
+        await conn.execute("select pg_stat_statements_reset()")
+    finally:
+        await conn.close()
+
+
+async def statement_stats(per_database: int = 5) -> Results:
+    """Per database, the statements that took the server longest over the run."""
+    conn = await asyncpg.connect(dsn("ingest"))
+    try:
+        rows = await conn.fetch(
+            "select datname, query, calls, total_exec_time, rows from ("
+            "  select d.datname, s.query, s.calls, s.total_exec_time, s.rows,"
+            "   row_number() over (partition by d.datname order by s.total_exec_time desc) as rank"
+            "  from pg_stat_statements s join pg_database d on d.oid = s.dbid) ranked"
+            " where rank <= $1 order by datname, total_exec_time desc",
+            per_database,
+        )
+    except asyncpg.PostgresError:  # a server without the library preloaded (KAFKA/DATABASE_URL given)
+        return {}
+    finally:
+        await conn.close()
+    stats: Results = {}
+    for row in rows:
+        stats.setdefault(row["datname"], []).append(
+            {
+                "query": " ".join(row["query"].split())[:160],
+                "calls": row["calls"],
+                "total_ms": round(row["total_exec_time"], 1),
+                "mean_ms": round(row["total_exec_time"] / max(row["calls"], 1), 3),
+                "rows": row["rows"],
+            }
+        )
+    return stats
+
+
+def print_statements(stats: Results) -> None:
+    if not stats:
+        return
+    print("\nPostgreSQL time by statement (pg_stat_statements, whole run, top per database)")
+    for database, statements in stats.items():
+        print(f"  {database}")
+        for st in statements:
+            cost = f"{st['total_ms']:>10,.0f} ms  {st['calls']:>8,} calls  {st['mean_ms']:>8.3f} ms/call"
+            print(f"    {cost}  {st['query']}")
+
+
 # ---- helpers ------------------------------------------------------------------------------
 
 
@@ -877,6 +928,9 @@ async def measure(
         steps.append((f"segment_recompute.{size}", lambda size=size: segment_recompute(platform, size)))  # type: ignore[misc]
     # Last: the 333,000 purchases it publishes would keep every consumer busy for minutes.
     steps.append(("ingest_import", lambda: ingest_import(key, n(1_000_000))))
+    with_statements = only is None or "statements" in only
+    if with_statements:
+        await start_statement_stats()
     for name, step in steps:
         if only is not None and name not in only and name.split(".", 1)[0] not in only:
             continue
@@ -887,6 +941,8 @@ async def measure(
             results.setdefault(group, {})[item] = value
         else:
             results[name] = value
+    if with_statements:
+        results["statements"] = await statement_stats()
     return results
 
 
@@ -896,7 +952,9 @@ def main() -> None:
     parser.add_argument(
         "--recompute", type=int, nargs="*", default=[100_000, 1_000_000], help="customer counts for the recompute"
     )
-    parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as printed)")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="run only these steps (names as printed; `statements`: PostgreSQL's)"
+    )
     args = parser.parse_args()
     data = configure_environment()
     from up import Platform, credentials  # deploy/up.py: the same start-up as `make up`
@@ -915,6 +973,7 @@ def main() -> None:
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print()
     print_table(results)
+    print_statements(results.get("statements", {}))
     print(f"\nwritten to {ROOT / 'bench' / 'results.json'}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -470,6 +471,39 @@ async def consumer_catch_up() -> Results:
     return rates
 
 
+def platform_cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far per part of the platform this bench started: each service's API processes
+    and worker, PostgreSQL's backends per database, the broker."""
+    import psutil
+
+    data_dir = os.environ["CX_DATA_DIR"]
+    processes = psutil.Process().children(recursive=True)
+    for proc in psutil.process_iter(["cmdline"]):  # PostgreSQL daemonizes: found by its data directory
+        with contextlib.suppress(psutil.Error):
+            if proc.info["cmdline"] and any(data_dir in part for part in proc.info["cmdline"]):
+                processes += [proc, *proc.children(recursive=True)]
+    seconds: dict[str, float] = {}
+    for proc in {p.pid: p for p in processes}.values():
+        try:
+            cmdline, times = proc.cmdline(), proc.cpu_times()
+        except psutil.Error:
+            continue
+        text = " ".join(cmdline)
+        if "-m" in cmdline and cmdline.index("-m") + 1 < len(cmdline):
+            role = cmdline[cmdline.index("-m") + 1].replace(".main", " api")
+        elif text.startswith("postgres: "):
+            parts = text.split()
+            role = f"postgres {parts[2]}" if len(parts) > 2 and parts[1] == "postgres" else "postgres (background)"
+        elif "postgres" in text:
+            role = "postgres (background)"
+        elif "tansu" in text:
+            role = "broker"
+        else:
+            continue
+        seconds[role] = seconds.get(role, 0.0) + times.user + times.system
+    return seconds
+
+
 async def consumer_backlog(bootstrap: str, events: int, customers: int = 20_000) -> Results:
     """Each consumer's capacity: `events` purchases put straight onto ingest's topic, faster than any
     consumer reads them, then applied/s per consumer from the first of them applied to the last.
@@ -490,6 +524,7 @@ async def consumer_backlog(bootstrap: str, events: int, customers: int = 20_000)
         data["items"] = [{**item, "name": None} for item in body["items"]]
         event = new_event(type="purchase.completed", source="cx.ingest", subject=customer, data=data, id=f"{prefix}{i}")
         messages.append((customer.encode(), event.encode()))
+    cpu_before = platform_cpu_seconds()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5)
     await producer.start()
     try:
@@ -530,6 +565,14 @@ async def consumer_backlog(bootstrap: str, events: int, customers: int = 20_000)
             seconds = max((last - first).total_seconds(), 0.001)
             rates[service] = {"applied": count, "seconds": round(seconds, 1), "per_second": round(count / seconds, 1)}
     await _wait_until_quiet()  # what the backlog caused downstream must not run into the next step
+    # What one purchase costs the whole platform, all it causes downstream included (and the idle
+    # polling of the ~15 s quiet check): the ceiling of end-to-end throughput on this machine.
+    cpu_after = platform_cpu_seconds()
+    used = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
+    rates["cpu_us_per_purchase"] = {
+        role: round(seconds / events * 1e6) for role, seconds in sorted(used.items(), key=lambda x: -x[1])
+    }
+    rates["cpu_us_per_purchase_total"] = round(sum(used.values()) / events * 1e6)
     return rates
 
 
@@ -841,13 +884,18 @@ def print_table(results: Results) -> None:
         )
     if backlog := results.get("consumer_backlog"):
         for service, figures in backlog.items():
-            if isinstance(figures, dict):
+            if isinstance(figures, dict) and "per_second" in figures:
                 add(
                     f"consumer {service}, from a backlog",
                     f"{figures['per_second']:.0f}/s ({figures['applied']:,} in {figures['seconds']} s)",
                     ">= 10,000/s" if service == "profiles" else "",
                     f"{ratio(figures['per_second'], broker.get('consume_per_second'))} of raw consume",
                 )
+        if total := backlog.get("cpu_us_per_purchase_total"):
+            cores = os.cpu_count() or 1
+            parts = ", ".join(f"{role} {us}" for role, us in list(backlog["cpu_us_per_purchase"].items())[:8])
+            ceiling = f"{cores * 1e6 / total:,.0f}/s on {cores} cores"
+            add("CPU per purchase, whole platform", f"{total:,} µs ({parts} …)", "", ceiling)
     for size, recompute in results.get("segment_recompute", {}).items():
         add(
             f"segment recompute {int(size):,} customers",

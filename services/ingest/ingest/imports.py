@@ -449,7 +449,7 @@ class ImportRun:
 
 
 _PARTS_TABLE = """
-    CREATE TEMP TABLE {table} (
+    CREATE TEMP TABLE {parts} (
         first_line bigint, order_id text, customer_id text, currency text, occurred_at timestamptz,
         occurred text, channel text, store_id text, rejected boolean, disagreeing boolean, first_good_line bigint,
         total text, items text, normalised text, event_id text, envelope_id text, data text
@@ -490,11 +490,11 @@ _STORE_NEW = f"""
     )
     SELECT count(*), min(id), max(id) FROM queued
 """
-# One chunk's parts ({batch}, one per order id): kept for the end; an order id no earlier chunk had
-# is stored unless known. One an earlier chunk had is only marked `spans` (the unique index finds
-# it: no join whose plan could go wrong).
+# One chunk's parts ({batch}, one per order id; a child of {parts}, so kept for the end): an order
+# id no earlier chunk had is stored unless known. One an earlier chunk had is only marked `spans`
+# (the unique index finds it: no join whose plan could go wrong).
 _STORE_CHUNK = f"""
-    WITH kept AS (INSERT INTO {{parts}} SELECT * FROM {{batch}}), chunk AS (
+    WITH chunk AS (
         INSERT INTO {{orders}} AS o (order_id, event_id, envelope_id, skipped, disagreeing, first_good_line)
         SELECT order_id, event_id, envelope_id, rejected OR disagreeing, disagreeing, first_good_line FROM {{batch}}
         ON CONFLICT (order_id) DO UPDATE SET spans = true
@@ -594,15 +594,14 @@ async def import_orders(
     """
     # Fresh names per import: asyncpg caches statements, and a cached one may name a dropped table.
     name = uuid.uuid4().hex[:16]
-    tables = {"{batch}": f"import_batch_{name}", "{parts}": f"import_parts_{name}", "{orders}": f"import_orders_{name}"}
+    tables = {"{parts}": f"import_parts_{name}", "{orders}": f"import_orders_{name}"}
 
     def sql(statement: str) -> str:
         for placeholder, table in tables.items():
             statement = statement.replace(placeholder, table)
         return statement
 
-    for table in (tables["{batch}"], tables["{parts}"]):
-        await connection.execute(_PARTS_TABLE.replace("{table}", table))
+    await connection.execute(sql(_PARTS_TABLE))
     await connection.execute(sql(_ORDERS_TABLE))
     await connection.execute(f"SET LOCAL work_mem = '{int(work_mem_mb)}MB'")  # sorts by order in memory
     # Joins of a statement's own rows (a CTE the planner cannot size) hashed, never a nested loop:
@@ -610,14 +609,18 @@ async def import_orders(
     await connection.execute("SET LOCAL enable_nestloop = off")
     rows = CsvRows(mapping) if file_format == "csv" else NdjsonRows(mapping)
     run = ImportRun(LineCheck(limits), max_reported)
-    chunk_statement = sql(_STORE_CHUNK)
     queued = Queued()
+    stored_chunks = 0
 
     async def store_chunk(records: list[Record]) -> None:
+        """A table of its own per chunk: read alone now, with the others (as {parts}) at the end."""
+        nonlocal stored_chunks
         if records:
-            await connection.execute(sql("TRUNCATE {batch}"))
-            await connection.copy_records_to_table(tables["{batch}"], records=records, columns=PART_COLUMNS)
-            queued.add(*await connection.fetchrow(chunk_statement, source))
+            stored_chunks += 1
+            batch = f"{tables['{parts}']}_{stored_chunks}"
+            await connection.execute(sql(f"CREATE TEMP TABLE {batch} () INHERITS ({{parts}}) ON COMMIT DROP"))
+            await connection.copy_records_to_table(batch, records=records, columns=PART_COLUMNS)
+            queued.add(*await connection.fetchrow(sql(_STORE_CHUNK.replace("{batch}", batch)), source))
 
     # PostgreSQL stores one chunk's orders while the next lines are parsed.
     storing: asyncio.Task[None] | None = None

@@ -40,8 +40,7 @@ from shared.errors import FieldError
 Status = Literal["accepted", "duplicate", "rejected"]
 
 # Columns of the rows store_events() writes, one array each: asyncpg sends arrays in binary, so
-# PostgreSQL parses nothing but the payload (into jsonb). `incoming` may also be any relation
-# with these columns plus `position` (the import's orders).
+# PostgreSQL parses nothing but the payload (into jsonb).
 STORED_COLUMNS = (
     "event_id", "kind", "customer_key", "order_id", "envelope_id", "occurred_at", "topic", "payload", "message",
 )  # fmt: skip
@@ -55,16 +54,15 @@ _UNNEST_INCOMING = """
 
 # What store_statement() answers: the events it did not store, each with the envelope id stored
 # before (NULL: stored by a transaction that committed while this one ran) -- so a batch of new
-# events answers no rows at all; or only how many it stored. The lookup is a subquery per row
+# events answers no rows at all. The lookup is a subquery per row
 # (one index probe each): as a join the planner may read the source's whole index range.
 ANSWER_REPEATS = """
     SELECT r.event_id, (SELECT envelope_id FROM ingested_events WHERE source = $1 AND event_id = r.event_id)
     FROM (SELECT event_id FROM incoming EXCEPT SELECT event_id FROM inserted) r
 """
-COUNT_STORED = "SELECT count(*) FROM inserted"
 
 
-def store_statement(incoming: str, *, answer: str = ANSWER_REPEATS) -> str:
+def store_statement(incoming: str) -> str:
     """Store the new rows of `incoming` and queue their envelopes, in one statement (so one transaction).
 
     `incoming` has STORED_COLUMNS and `position` (the order rows are stored and queued in); $1 is
@@ -85,7 +83,7 @@ def store_statement(incoming: str, *, answer: str = ANSWER_REPEATS) -> str:
         SELECT i.envelope_id, i.topic, i.customer_key, i.message
         FROM incoming i JOIN inserted USING (envelope_id) ORDER BY i.position
     )
-    {answer}"""
+    {ANSWER_REPEATS}"""
 
 
 _STORE_EVENTS = store_statement(_UNNEST_INCOMING)

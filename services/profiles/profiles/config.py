@@ -29,7 +29,7 @@ class ProfilesSettings(ServiceSettings):
     # profile.updated: dirty profiles are published in batches, coalescing bursts of events.
     publish_interval_seconds: float = 0.5
     publish_batch_size: int = 500
-    publish_max_per_run: int = 2000  # profiles claimed per run (one transaction, holding their rows)
+    publish_max_per_run: int = 2000  # profiles claimed per run (each batch of them one transaction)
 
     # Preferences: a purchased unit counts this much more than a view.
     purchase_weight: Decimal = Decimal("3")

@@ -51,11 +51,11 @@ FIELDS = REQUIRED + OPTIONAL
 CHANNEL = re.compile(r"[a-z0-9_.-]{1,32}")
 # An order's part: its lines read since the last chunk was stored (the whole order, unless its lines
 # go on in a later chunk), as copied to PostgreSQL. Its event id and data are those of the order
-# if the part is the whole order (else PostgreSQL groups the parts again, from the total, the items
-# and the normalised lines: a JSON list, cheaper to copy than an array).
+# if the part is the whole order (else PostgreSQL groups the parts again, from the total, the data's
+# items and the normalised lines: a JSON list, cheaper to copy than an array).
 PART_COLUMNS = (
     "first_line", "order_id", "customer_id", "currency", "occurred_at", "occurred", "channel", "store_id",
-    "rejected", "disagreeing", "first_good_line", "total", "items", "normalised", "event_id", "envelope_id", "data",
+    "rejected", "disagreeing", "first_good_line", "total", "normalised", "event_id", "envelope_id", "data",
 )  # fmt: skip
 Record = tuple[Any, ...]
 # A checked line: line_no, rejected, order_id, customer_id, occurred_at, its UTC text as stored,
@@ -369,7 +369,7 @@ def order_part(order_id: str, lines: list[Line]) -> Record:
     good = [line for line in lines if not line[1]]
     rejected = len(good) < len(lines)
     if not good:
-        nothing: Record = (None, None, None, None, None, None, True, False, None, "0", "", "[]", None)
+        nothing: Record = (None, None, None, None, None, None, True, False, None, "0", "[]", None)
         return (lines[0][0], order_id, *nothing, envelope_id(), None)
     first = earliest = good[0]
     _, _, _, customer_id, _, _, currency, places, channel, store_id, total, _, _ = first
@@ -397,7 +397,7 @@ def order_part(order_id: str, lines: list[Line]) -> Record:
         )
     return (
         lines[0][0], order_id, customer_id, currency, earliest[4], occurred, channel, store_id, rejected,
-        disagreeing, first[0], total_text, items, orjson.dumps(normalised).decode(), event_id, envelope_id(), data,
+        disagreeing, first[0], total_text, orjson.dumps(normalised).decode(), event_id, envelope_id(), data,
     )  # fmt: skip
 
 
@@ -452,7 +452,7 @@ _PARTS_TABLE = """
     CREATE TEMP TABLE {parts} (
         first_line bigint, order_id text, customer_id text, currency text, occurred_at timestamptz,
         occurred text, channel text, store_id text, rejected boolean, disagreeing boolean, first_good_line bigint,
-        total text, items text, normalised text, event_id text, envelope_id text, data text
+        total text, normalised text, event_id text, envelope_id text, data text
     ) ON COMMIT DROP
 """
 # One row per order_id of the import: its first part's event id and the envelope id it was stored
@@ -532,10 +532,11 @@ _MERGED = f"""
             coalesce(bool_or(disagreeing) OR min(customer_id) <> max(customer_id) OR min(currency) <> max(currency),
                 false) AS disagreeing,
             min(first_good_line) AS first_good_line,
-            string_agg(nullif(items, ''), ',' ORDER BY first_line) AS items,
+            string_agg(substr(items, 2, length(items) - 2), ',' ORDER BY first_line) AS items,
             (array_agg(envelope_id ORDER BY first_line))[1] AS envelope_id,
             sum(CAST(total AS numeric))::text AS total
-        FROM spanning GROUP BY order_id
+        FROM spanning, LATERAL (SELECT CAST(CAST(data AS json) -> 'items' AS text) AS items) part
+        GROUP BY order_id
     ) grouped LEFT JOIN (
         SELECT order_id, 'import-' || md5(string_agg(n, E'\\n' ORDER BY n COLLATE "C")) AS event_id
         FROM spanning, json_array_elements_text(CAST(normalised AS json)) n GROUP BY order_id

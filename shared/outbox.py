@@ -164,6 +164,10 @@ class OutboxRelay:
         idle_rounds = 0
         try:
             while True:
+                # Cleared before the pass, not after: a NOTIFY for rows committed while this pass
+                # waits for its acknowledgements must start the next pass at once. Cleared after,
+                # those rows waited for the next commit's NOTIFY or the poll (up to 0.5 s).
+                self._wake.clear()
                 try:
                     published = await self.publish_batch()
                 except asyncio.CancelledError:
@@ -177,7 +181,6 @@ class OutboxRelay:
                 idle_rounds += 1
                 if idle_rounds % cleanup_every == 0:
                     await self._delete_expired()
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
         finally:

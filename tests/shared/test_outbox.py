@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -292,3 +293,47 @@ async def test_the_relays_pass_uses_the_pending_index_also_in_a_generic_plan(pla
     finally:
         await conn.close()
     assert "outbox_pending" in plan, plan
+
+
+async def test_rows_committed_while_a_pass_is_in_flight_are_published_without_waiting_for_the_poll(
+    engine: AsyncEngine, kafka: AIOKafkaProducer, platform: TestPlatform
+) -> None:
+    first, second = message("first"), message("during")
+    sessions = async_sessionmaker(engine)
+
+    class CommitDuringSend(OutboxRelay):
+        sent_once = False
+
+        async def _send_all(self, rows: Any) -> list[asyncio.Future[Any]]:
+            if not self.sent_once:  # after the pass selected its rows: commit another, let its NOTIFY in
+                self.sent_once = True
+                async with sessions() as session, session.begin():
+                    await add_to_outbox(session, [second])
+                await asyncio.sleep(0.3)
+            return await super()._send_all(rows)
+
+    relay = CommitDuringSend(
+        name=f"test-{uuid.uuid4().hex}",
+        engine=engine,
+        producer=kafka,
+        listen_dsn=asyncpg_dsn(platform.database_urls["feedback"]),
+        poll_seconds=30,  # only a NOTIFY can start the next pass within the test's time
+    )
+    await drain(engine, kafka, platform)  # rows other tests left
+    async with sessions() as session, session.begin():
+        await add_to_outbox(session, [first])
+    task = asyncio.create_task(relay.run())
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if set((await states(engine, [first.envelope.id, second.envelope.id])).values()) == {"published"}:
+                break
+            await asyncio.sleep(0.05)
+        assert await states(engine, [first.envelope.id, second.envelope.id]) == {
+            first.envelope.id: "published",
+            second.envelope.id: "published",
+        }
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

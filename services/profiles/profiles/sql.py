@@ -10,7 +10,8 @@ as one JSON array in ~0.1 ms, and PostgreSQL reads it back into a typed array
 `execute` / `fetch` rewrite every `$n::type[]` of a statement to that (once per statement text) and
 send the list given for `$n` as JSON; values are what orjson writes (aware times as RFC 3339,
 Decimal through str), NULL for None. A large text column (a 1 KB snapshot) is better sent as a
-binary array: write it `cast($n as text[])`, which is left alone.
+binary array: write it `cast($n as text[])`, which is left alone, as is `= any($n::type[])` (an
+index lookup; see below).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-# float8 stays binary: orjson would write a NaN as null.
-_ARRAY_PARAMETER = re.compile(r"\$(\d+)::(text|int|bigint|numeric|timestamptz)\[\]")
+# float8 stays binary: orjson would write a NaN as null. So does `= any($n::type[])`, an index lookup:
+# the planner's row estimate from a sub-selected array is further off (30 rows for 500 ids, 1,500 for
+# a parameter), and the lookup was a little slower (2.3 against 1.8 ms for 500 ids in 120,000 rows).
+_ARRAY_PARAMETER = re.compile(r"(?<!any\()\$(\d+)::(text|int|bigint|numeric|timestamptz)\[\]")
 
 
 @lru_cache(maxsize=256)

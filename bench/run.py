@@ -361,8 +361,11 @@ def _ingest_pressure(key: str) -> asyncio.Task[Any]:
     )
 
 
-async def _closed_loop_gets(port: int, path: str, requests: int, tokens: list[bytes]) -> LoadResult:
-    """`requests` GETs over 32 connections, each sent as soon as the previous answer came."""
+async def _closed_loop_gets(
+    port: int, path: str, requests: int, tokens: list[bytes], rate_per_second: float | None = None
+) -> LoadResult:
+    """`requests` GETs over 32 connections, each sent as soon as the previous answer came; or, with
+    `rate_per_second`, started on a fixed schedule (open loop: the latency at a sustainable rate)."""
     result = LoadResult()
     counter = iter(range(requests))
     started = time.perf_counter()
@@ -372,6 +375,8 @@ async def _closed_loop_gets(port: int, path: str, requests: int, tokens: list[by
         await conn.open()
         try:
             for i in counter:
+                if rate_per_second and (delay := started + i / rate_per_second - time.perf_counter()) > 0:
+                    await asyncio.sleep(delay)
                 conn.fixed_headers = b"Authorization: Bearer " + tokens[i % len(tokens)] + b"\r\n"
                 sent = time.perf_counter()
                 status, _ = await conn.request("GET", path)
@@ -395,12 +400,19 @@ async def me_under_load(key: str, jwt_secret: str, requests: int) -> Results:
     """GET /v1/me for many members while a steady purchase stream runs against ingest."""
     members, tokens = await _member_tokens(jwt_secret)
     pressure = _ingest_pressure(key)
+    port = int(os.environ["LOYALTY_PORT"])
     try:
-        result = await _closed_loop_gets(int(os.environ["LOYALTY_PORT"]), "/v1/me", requests, tokens)
+        result = await _closed_loop_gets(port, "/v1/me", requests, tokens)
+        # The p99 goal is a latency: read it at a rate the machine sustains, not at saturation.
+        paced = await _closed_loop_gets(port, "/v1/me", max(100, requests // 25), tokens, rate_per_second=200)
     finally:
         pressure.cancel()
         await asyncio.gather(pressure, return_exceptions=True)
-    return result.summary() | {"members": len(members)}
+    fixed = paced.summary()
+    return result.summary() | {
+        "members": len(members),
+        "at_rate": {"per_second": 200, "p50_ms": fixed["p50_ms"], "p99_ms": fixed["p99_ms"]},
+    }
 
 
 async def bare_get_under_load(key: str, jwt_secret: str, requests: int) -> Results:
@@ -869,6 +881,13 @@ def print_table(results: Results) -> None:
             f"{ratio(me['per_second'], bare_get.get('per_second'))} of a bare FastAPI GET under the same load"
             f" {bare_get.get('per_second', 0):.0f}/s",
         )
+        if paced := me.get("at_rate"):
+            add(
+                "GET /v1/me under ingest load, fixed rate",
+                f"p50 {paced['p50_ms']} ms p99 {paced['p99_ms']} ms",
+                f"p99 < 20 ms, at {paced['per_second']}/s",
+                "",
+            )
     if profile := results.get("profile_reads"):
         add(
             "GET /v1/customers/{id}",

@@ -15,7 +15,7 @@ import orjson
 from ingest.api import limits
 from ingest.config import IngestSettings
 from ingest.importer import cli
-from ingest.imports import import_orders, parse_mapping
+from ingest.imports import PART_COLUMNS, CsvRows, LineCheck, import_orders, order_part, parse_mapping
 from ingest.schemas import ImportReport
 from sqlalchemy import text
 from typer.testing import CliRunner
@@ -241,6 +241,11 @@ async def test_orders_spread_over_chunks_are_stored_whole_once(
     assert [(r.line, r.errors[0].field) for r in report.rejected] == [(8, "order_id"), (12, "quantity")]
     [order_a] = await stored_order(platform, f"A-{t}")
     assert ([i["sku"] for i in order_a["items"]], order_a["total"]) == (["A1", "A2", "A3"], "10.00")
+    # Grouped again in SQL from its parts: the same event id and data as A grouped whole in one chunk.
+    check = LineCheck(limits(IngestSettings()))
+    rows = [row for _, row in CsvRows(parse_mapping([])).feed(body.encode(), final=True) if not isinstance(row, str)]
+    part = order_part(f"A-{t}", [check.line(n, row)[0] for n, row in enumerate(rows, 2) if row[0] == f"A-{t}"])
+    assert order_a == orjson.loads(part[PART_COLUMNS.index("data")])
     assert [len(await stored_order(platform, f"{o}-{t}")) for o in "BCDE"] == [1, 0, 0, 1]
     async with platform.engine("ingest").connect() as conn:
         queued = (

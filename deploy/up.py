@@ -37,6 +37,16 @@ DEFAULT_API_PROCESSES = {"ingest": 2, "loyalty": 2, "profiles": 2}
 # (Tansu answers a waiting fetch only when the wait ends): a profile change reaches segments within
 # 20 ms, not 100. <SERVICE>_CONSUMER_FETCH_MAX_WAIT_MS overrides.
 DEFAULT_FETCH_WAIT_MS = {"segments": 20}
+# Workers (consumers, relays, jobs) run at a lower CPU priority than the API processes: on a machine
+# they share, a request waits for no consumer's batch, and the consumers take the CPU the requests
+# leave (they catch up after a burst). Measured on 2 cores: GET /v1/me under ingest load 1,857-2,225/s
+# -> 4,794-5,127/s, p99 at 200/s 19-21 -> 10 ms; single purchases 1,725-1,992 -> 3,450-3,478/s.
+# CX_WORKER_NICE=0 gives them the same priority.
+WORKER_NICE = int(os.environ.get("CX_WORKER_NICE", "5"))
+
+
+def _lower_priority() -> None:
+    os.nice(WORKER_NICE)
 
 
 @dataclass
@@ -63,6 +73,7 @@ class ServiceProcess:
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_lower_priority if self.module == "worker" and WORKER_NICE else None,
         )
         self.started_at = time.monotonic()
 

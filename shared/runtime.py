@@ -314,7 +314,7 @@ class ServiceRuntime:
 
 def settle_heap(gen0_threshold: int | None = None) -> None:
     """Move everything alive after start-up out of the collector's way; optionally collect young
-    objects less often (never less often than a service already chose).
+    objects less often.
 
     Without it a full collection walks every object the imports made (SciPy and scikit-learn in
     segments) each time: in one bench run the collector held segments' worker for 72 s and
@@ -324,8 +324,7 @@ def settle_heap(gen0_threshold: int | None = None) -> None:
     gc.collect()
     gc.freeze()
     if gen0_threshold is not None:
-        thresholds = gc.get_threshold()
-        gc.set_threshold(max(thresholds[0], gen0_threshold), *thresholds[1:])
+        gc.set_threshold(gen0_threshold, *gc.get_threshold()[1:])
 
 
 def run_worker(runtime: ServiceRuntime) -> None:

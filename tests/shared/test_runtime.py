@@ -1,4 +1,4 @@
-"""shared.runtime.settle_heap: what start-up leaves alive is frozen, and a threshold only goes up."""
+"""shared.runtime.settle_heap: what start-up leaves alive is frozen; the young threshold as asked."""
 
 from __future__ import annotations
 
@@ -26,10 +26,9 @@ def test_settle_heap_freezes_what_is_alive() -> None:
 
 
 @pytest.mark.usefixtures("collector")
-def test_settle_heap_raises_the_young_threshold_but_never_lowers_it() -> None:
+def test_settle_heap_sets_the_young_threshold_and_keeps_the_older_ones() -> None:
     gc.set_threshold(700, 10, 10)
     settle_heap(200_000)
     assert gc.get_threshold() == (200_000, 10, 10)
-    gc.set_threshold(500_000, 20, 20)  # a service that chose more for itself keeps it
-    settle_heap(200_000)
-    assert gc.get_threshold() == (500_000, 20, 20)
+    settle_heap()  # an API: frozen, thresholds as they were
+    assert gc.get_threshold() == (200_000, 10, 10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,6 +14,7 @@ from ingest.imports import router as imports_router
 from ingest.schemas import BatchIn, IdentifyIn, InteractionIn, PurchaseIn, RefundIn
 from ingest.worker import build_runtime
 from shared.app import create_service_app, serve
+from shared.runtime import settle_heap
 
 # Request bodies parsed by the routes themselves, documented under components/schemas.
 DOCUMENTED_BODIES = (PurchaseIn, RefundIn, InteractionIn, IdentifyIn, BatchIn)
@@ -57,9 +57,7 @@ def main() -> None:
     app = create_app(settings)
     # A 1,000-event batch allocates ~100k objects: collect young objects less often, and never
     # rescan the long-lived ones created at start-up.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(settings.gc_gen0_threshold, *gc.get_threshold()[1:])
+    settle_heap(settings.gc_gen0_threshold)
     serve(app, settings)
 
 

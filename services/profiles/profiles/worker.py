@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -102,14 +101,6 @@ def build_runtime(settings: ProfilesSettings) -> ServiceRuntime:
 
 
 def main() -> None:
-    # A consumed batch allocates many short-lived objects; with everything imported frozen out of
-    # the collector and a higher first threshold, full collections stop showing in profiles. A
-    # collection walks the batch's live objects (2,000 envelopes, models, rows) whenever it runs, so
-    # at 50,000 it still cost 15-20 % of applying a batch (measured with the collector off); garbage
-    # that needs the collector (cycles) is rare, and waits a little longer.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(500_000, 20, 20)
     run_worker(build_runtime(ProfilesSettings()))
 
 

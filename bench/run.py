@@ -611,6 +611,22 @@ async def consumer_backlog(bootstrap: str, events: int, customers: int = 20_000)
     return rates
 
 
+async def service_alone(module: str, *args: str) -> Results:
+    """A service's own bench, `python -m <module> <args>`: that service alone on its own embedded
+    PostgreSQL and broker (the others' consumers are not sharing the 2 cores with it), next to this
+    run's idle platform. Its JSON answer, or why there is none."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    text = out.decode(errors="replace")
+    start = text.find("{")
+    if process.returncode != 0 or start < 0:
+        return {"failed": process.returncode, "stderr": err.decode(errors="replace")[-2000:]}
+    answer, _ = json.JSONDecoder().raw_decode(text[start:])
+    return {"command": f"python -m {module} {' '.join(args)}", **answer}
+
+
 async def reconcile() -> Results:
     """After the load: every figure recomputed from what ingest accepted, and compared per customer.
 
@@ -944,6 +960,16 @@ def print_table(results: Results) -> None:
             ceiling = f"{cores * 1e6 / total:,.0f}/s on {cores} cores"
             idle = f"; idle platform {backlog.get('idle_cpu_percent_of_a_core')} % of a core, not counted"
             add("CPU per purchase, whole platform", f"{total:,} µs ({parts} …{idle})", "", ceiling)
+    if (alone := results.get("profiles_alone", {}).get("consumer")) is not None:
+        cpu = alone["cpu_ms_per_1000_events"]
+        add(
+            "consumer profiles, alone (own PostgreSQL and broker)",
+            f"{alone['events_per_second']:,.0f} events/s ({alone['processed']:,} in {alone['seconds_first_to_last']} s;"
+            f" CPU per event: worker {cpu['worker']:.0f} µs, PostgreSQL {cpu['postgres']:.0f} µs; last profile.updated"
+            f" {alone['publish_lag_after_last_event_s']} s after the last event)",
+            ">= 10,000/s",
+            "",
+        )
     for size, recompute in results.get("segment_recompute", {}).items():
         add(
             f"segment recompute {int(size):,} customers",
@@ -1019,6 +1045,20 @@ async def measure(
         # After the reconciliation waited for every consumer to finish: the read path on its own.
         ("profile_reads", lambda: profile_reads(key, n(20_000))),
         ("consumer_backlog", lambda: consumer_backlog(bootstrap, n(100_000))),
+        # Profiles' consumer on its own, as its issue's goal means it: the service's own capacity.
+        (
+            "profiles_alone",
+            lambda: service_alone(
+                "profiles.bench",
+                "--skip-get",
+                "--shape",
+                "platform",
+                "--events",
+                str(n(200_000)),
+                "--customers",
+                str(n(50_000)),
+            ),
+        ),
     ]
     for size in recompute_sizes:
         steps.append((f"segment_recompute.{size}", lambda size=size: segment_recompute(platform, size)))  # type: ignore[misc]

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from segments import service
 from segments.config import SegmentsSettings
-from segments.events import ErasureRequested, ProfileUpdated, PurchaseCompleted, PurchaseRefunded
+from segments.events import ErasureRequested, PurchaseRefunded, parse_profile, parse_purchase
 from shared.consumer import BatchHandlerMap, Handler, HandlerMap
 from shared.envelope import Envelope
 
@@ -32,7 +32,7 @@ def build_batch_handlers(settings: SegmentsSettings) -> BatchHandlerMap:
     """
 
     async def record_purchases(session: AsyncSession, events: Sequence[Envelope]) -> None:
-        purchases = [PurchaseCompleted.model_validate(event.data) for event in events]
+        purchases = [parse_purchase(event.data) for event in events]
         await service.record_purchases(session, purchases=purchases, settings=settings)
 
     async def record_refunds(session: AsyncSession, events: Sequence[Envelope]) -> None:
@@ -40,7 +40,7 @@ def build_batch_handlers(settings: SegmentsSettings) -> BatchHandlerMap:
         await service.record_refunds(session, refunds=refunds, settings=settings)
 
     async def update_profile_segments(session: AsyncSession, events: Sequence[Envelope]) -> None:
-        updates = [ProfileUpdated.model_validate(event.data) for event in events]
+        updates = [parse_profile(event.data) for event in events]
         await service.record_profiles(session, updates=updates, settings=settings)
 
     return {

@@ -16,12 +16,16 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from segments import pg
 from segments.envelopes import PART_COUNT, json_time, membership_template, payload_sql
+from shared.db import transaction_connection
 from shared.topics import SEGMENT_MEMBERSHIP
 
 # Whole-base work holds this exclusively and one-customer updates share it: they never interleave,
@@ -44,8 +48,11 @@ async def lock_whole_base(session: AsyncSession) -> None:
     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BASE_LOCK})
 
 
+LOCK_FOR_ONE_CUSTOMER = "SELECT pg_advisory_xact_lock_shared(CAST(:base_lock AS bigint))"
+
+
 async def lock_for_one_customer(session: AsyncSession) -> None:
-    await session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": BASE_LOCK})
+    await session.execute(text(LOCK_FOR_ONE_CUSTOMER), {"base_lock": BASE_LOCK})
 
 
 _TEMPLATE_COLUMNS = ("segment_id", "type", *(f"part{i}" for i in range(PART_COUNT)))
@@ -66,6 +73,7 @@ def _event_id_prefix() -> str:
     return f"{h[:8]}-{h[8:12]}-8{h[12:15]}-{'89ab'[int(h[15], 16) % 4]}{h[16:19]}-"
 
 
+@lru_cache(maxsize=64)
 def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True) -> str:
     """`targets_sql` yields (segment_id, customer_id, reason) for the segments in :segment_ids."""
     only_customer = "AND m.customer_id = ANY(CAST(:customer_ids AS text[]))" if customer_filter else ""
@@ -151,17 +159,23 @@ class SegmentLabels(Protocol):
     def kind(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class _Labels:
+    id: str
+    key: str
+    name: str
+    kind: str
+
+
 async def _template_params(
-    session: AsyncSession, segment_ids: Sequence[str], segments: Sequence[SegmentLabels] | None
+    conn: asyncpg.Connection, segment_ids: Sequence[str], segments: Sequence[SegmentLabels] | None
 ) -> dict[str, list[str]]:
     """Each segment's entered and exited envelope templates, as one array per template column."""
     if segments is None:
-        rows: Sequence[SegmentLabels] = list(
-            await session.execute(
-                text("SELECT id, key, name, kind FROM segments WHERE id = ANY(CAST(:ids AS text[]))"),
-                {"ids": list(segment_ids)},
-            )
+        found = await conn.fetch(
+            "SELECT id, key, name, kind FROM segments WHERE id = ANY($1::text[])", list(segment_ids)
         )
+        rows: Sequence[SegmentLabels] = [_Labels(r["id"], r["key"], r["name"], r["kind"]) for r in found]
     else:
         wanted = set(segment_ids)
         rows = [segment for segment in segments if segment.id in wanted]
@@ -194,6 +208,7 @@ async def apply_memberships(
     """
     if not segment_ids:
         return Changes()
+    conn = await transaction_connection(session)
     values = {
         **params,
         "segment_ids": list(segment_ids),
@@ -201,7 +216,7 @@ async def apply_memberships(
         "at_json": json_time(at),
         "id_prefix": _event_id_prefix(),
         "topic": SEGMENT_MEMBERSHIP,
-        **await _template_params(session, segment_ids, segments),
+        **await _template_params(conn, segment_ids, segments),
     }
     if customer_ids is not None:
         values["customer_ids"] = sorted(customer_ids)
@@ -209,8 +224,8 @@ async def apply_memberships(
         await lock_whole_base(session)
         # Whole-base diffs must hash-join: a nested loop re-scanning the table being filled is quadratic.
         await session.execute(text("SET LOCAL enable_nestloop = off"))
-    row = (await session.execute(text(_diff_sql(targets_sql, customer_ids is not None, materialize)), values)).one()
-    return Changes(int(row.entered), int(row.exited))
+    row = await pg.fetchrow(conn, _diff_sql(targets_sql, customer_ids is not None, materialize), values)
+    return Changes(int(row["entered"]), int(row["exited"]))
 
 
 async def apply_customer_memberships(

@@ -374,7 +374,7 @@ _PREDICTION_ROWS = """
 """
 
 
-def _prediction_params(ids: Sequence[str], predicted: clv.Predictions, model_id: int, at: datetime) -> dict[str, Any]:
+def prediction_params(ids: Sequence[str], predicted: clv.Predictions, model_id: int, at: datetime) -> dict[str, Any]:
     return {
         "ids": list(ids),
         "p": np.clip(predicted.p_alive, 0.0, 1.0).tolist(),
@@ -385,22 +385,14 @@ def _prediction_params(ids: Sequence[str], predicted: clv.Predictions, model_id:
     }
 
 
-async def write_predictions(
-    session: AsyncSession, *, ids: Sequence[str], predicted: clv.Predictions, model_id: int, at: datetime
-) -> None:
-    """Upsert a few customers' rounded predictions (numeric, so SQL and Python rules compare the same)."""
-    await session.execute(
-        text(
-            f"""
-            INSERT INTO predictions AS p (customer_id, p_alive, expected_purchases_90d, clv_365d, model_id, computed_at)
-            {_PREDICTION_ROWS}
-            ON CONFLICT (customer_id) DO UPDATE SET
-                p_alive = EXCLUDED.p_alive, expected_purchases_90d = EXCLUDED.expected_purchases_90d,
-                clv_365d = EXCLUDED.clv_365d, model_id = EXCLUDED.model_id, computed_at = EXCLUDED.computed_at
-            """
-        ),
-        _prediction_params(ids, predicted, model_id, at),
-    )
+# A few customers' rounded predictions (numeric, so SQL and Python rules compare the same).
+UPSERT_PREDICTIONS = f"""
+    INSERT INTO predictions AS p (customer_id, p_alive, expected_purchases_90d, clv_365d, model_id, computed_at)
+    {_PREDICTION_ROWS}
+    ON CONFLICT (customer_id) DO UPDATE SET
+        p_alive = EXCLUDED.p_alive, expected_purchases_90d = EXCLUDED.expected_purchases_90d,
+        clv_365d = EXCLUDED.clv_365d, model_id = EXCLUDED.model_id, computed_at = EXCLUDED.computed_at
+"""
 
 
 async def replace_predictions(
@@ -412,7 +404,7 @@ async def replace_predictions(
         table="predictions",
         staging="prediction_staging",
         select_sql=_PREDICTION_ROWS,
-        params=_prediction_params(ids, predicted, model_id, at),
+        params=prediction_params(ids, predicted, model_id, at),
         columns=PREDICTION_COLUMNS,
         compared=("p_alive", "expected_purchases_90d", "clv_365d"),
         also=("model_id", "computed_at"),

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import numpy as np
 import orjson
 from sqlalchemy import Row, String, delete, literal, select, text, union_all
@@ -16,11 +17,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from segments import clusters, clv, rfm, rules
+from segments import clusters, clv, pg, rfm, rules
 from segments.config import SegmentsSettings
 from segments.events import ErasureRequested, ProfileUpdated, PurchaseCompleted, PurchaseRefunded
-from segments.facts import CustomerFacts, build_facts_table, facts_sql, load_customer_facts, load_customers_facts
+from segments.facts import CustomerFacts, build_facts_table, facts_sql, load_customer_facts
 from segments.membership import (
+    BASE_LOCK,
+    LOCK_FOR_ONE_CUSTOMER,
     Changes,
     apply_customer_memberships,
     apply_customers_memberships,
@@ -43,14 +46,16 @@ from segments.models import (
     SegmentSize,
 )
 from segments.recompute import (
+    UPSERT_PREDICTIONS,
     clustering_of,
     clv_model_row,
     fact_arrays,
     latest_cluster_model,
+    prediction_params,
     rule_targets,
     store_cut_points,
-    write_predictions,
 )
+from shared.db import transaction_connection
 from shared.envelope import new_event
 from shared.outbox import OutgoingMessage, add_to_outbox
 from shared.topics import ERASURE_CONFIRMATIONS
@@ -62,19 +67,23 @@ class SegmentConflict(Exception):
     """The change is not allowed for this segment (built-in, deleted, or its key is taken)."""
 
 
-# What a batch's context held last, by content: the md5 of the rows they were loaded from (read in
-# one statement under the lock). A batch whose rows are unchanged reuses them instead of four
-# queries; any change to a row (a recompute, a segment edit) changes its md5 and it is loaded again.
-# Only read, never written: loaded with expire_on_commit off, they stay readable once detached.
-_CONTEXT_VERSIONS = text(
-    """
+# What a batch's context held last, by content: the md5 of the rows they were loaded from (read
+# under the lock, in the statement that reads the batch's facts). A batch whose rows are unchanged
+# reuses them instead of four queries; any change to a row (a recompute, a segment edit) changes
+# its md5 and it is loaded again. A missing row (no model yet) is a version too ("none"), so a young
+# system does not look for its models in every batch. Only read, never written: loaded with
+# expire_on_commit off, they stay readable once detached.
+_CONTEXT_VERSIONS = """
     SELECT (SELECT md5(string_agg(s::text, ',' ORDER BY s.id)) FROM segments s WHERE s.status = 'active') AS segments,
-           (SELECT md5(c::text) FROM rfm_cut_points c ORDER BY c.id DESC LIMIT 1) AS cuts,
-           (SELECT md5(m::text) FROM clv_models m WHERE m.active ORDER BY m.id DESC LIMIT 1) AS clv,
-           (SELECT md5(k::text) FROM cluster_models k ORDER BY k.id DESC LIMIT 1) AS cluster
-    """
-)
+           coalesce((SELECT md5(c::text) FROM rfm_cut_points c ORDER BY c.id DESC LIMIT 1), 'none') AS cuts,
+           coalesce((SELECT md5(m::text) FROM clv_models m WHERE m.active ORDER BY m.id DESC LIMIT 1), 'none') AS clv,
+           coalesce((SELECT md5(k::text) FROM cluster_models k ORDER BY k.id DESC LIMIT 1), 'none') AS cluster
+"""
+_VERSION_NAMES = ("segments", "cuts", "clv", "cluster")
 _CONTEXT_CACHE: dict[str, tuple[str, Any]] = {}
+# Parsed rules and their descriptions, by segment id and node limit, for the segments cached above
+# (dropped with them when their version changes).
+_RULES_CACHE: dict[tuple[str, int], tuple[rules.Rule, str]] = {}
 
 
 class BatchContext:
@@ -89,24 +98,36 @@ class BatchContext:
     """
 
     def __init__(self) -> None:
-        self._locked = False
+        self.locked = False
         self._versions: dict[str, str | None] = {}
         self._loaded: dict[str, Any] = {}
-        self._rules: dict[str, tuple[rules.Rule, str]] = {}
+        self._rules: dict[tuple[str, int], tuple[rules.Rule, str]] = {}
 
     def rule_of(self, segment: Segment, max_nodes: int) -> tuple[rules.Rule, str]:
-        """A rule segment's parsed rule and its description, parsed once per batch."""
-        if segment.id not in self._rules:
+        """A rule segment's parsed rule and its description, parsed once while the segments are unchanged."""
+        key = (segment.id, max_nodes)
+        if key not in self._rules:
             parsed = rules.parse_rule(segment.rule, max_nodes=max_nodes)
-            self._rules[segment.id] = (parsed, rules.describe(parsed))
-        return self._rules[segment.id]
+            self._rules[key] = (parsed, rules.describe(parsed))
+        return self._rules[key]
 
     async def lock(self, session: AsyncSession) -> None:
-        if not self._locked:
+        if not self.locked:
             await lock_for_one_customer(session)
-            self._locked = True
-            # A statement of its own after the lock: its snapshot sees whatever committed before.
-            self._versions = dict((await session.execute(_CONTEXT_VERSIONS)).one()._mapping)
+            self.locked = True
+
+    @property
+    def has_versions(self) -> bool:
+        return bool(self._versions)
+
+    def set_versions(self, row: Mapping[str, Any]) -> None:
+        """The md5s read under the lock (in a statement of its own after the lock: its snapshot sees
+        whatever committed before)."""
+        self._versions = {name: row[name] for name in _VERSION_NAMES}
+        cached = _CONTEXT_CACHE.get("segments")
+        if cached is None or cached[0] != self._versions["segments"]:
+            _RULES_CACHE.clear()  # the segments are loaded again: so are their rules
+        self._rules = _RULES_CACHE
 
     async def _once(self, name: str, load: Callable[[], Awaitable[Any]]) -> Any:
         if name not in self._loaded:
@@ -154,11 +175,15 @@ class BatchContext:
 # one batch publishes neither (membership events describe the state after each batch).
 
 
-# Every fact statement also records its customers (sorted: one lock order for every writer), in
-# the same statement: one round trip less per batch.
+# Every fact statement also takes the base lock (shared) and records its customers (sorted: one
+# lock order for every writer), in the same statement: two round trips less per batch. The facts
+# need not be written under the lock; what is read under it (the refresh) comes in later statements,
+# whose snapshots see whatever committed before the lock was granted.
 _ENSURE_CUSTOMERS = """
-    WITH known AS (
-        INSERT INTO customers (customer_id) SELECT unnest(CAST(:customer_ids AS text[])) ON CONFLICT DO NOTHING
+    WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(CAST(:base_lock AS bigint))),
+    known AS (
+        INSERT INTO customers (customer_id) SELECT unnest(CAST(:customer_ids AS text[])) FROM locked
+        ON CONFLICT DO NOTHING
     )
 """
 
@@ -228,9 +253,12 @@ async def _record_new_facts(
     """Keep each fact once (its own id is the key), then bring the customers with new facts up to date."""
     if not customer_ids:
         return Changes()
-    values = {**params, "customer_ids": _customer_ids(customer_ids)}
-    changed: set[str] = set((await session.execute(text(insert_sql), values)).scalars())
-    return await refresh_customers(session, customer_ids=sorted(changed), settings=settings, context=context)
+    context = context or BatchContext()
+    values = {**params, "customer_ids": _customer_ids(customer_ids), "base_lock": BASE_LOCK}
+    rows = await pg.fetch(await transaction_connection(session), insert_sql, values)
+    context.locked = True
+    changed = sorted({row[0] for row in rows})
+    return await refresh_customers(session, customer_ids=changed, settings=settings, context=context)
 
 
 async def record_purchases(
@@ -313,8 +341,10 @@ async def record_profiles(
     if not newest:
         return Changes()
     chosen = [update for _, update in sorted(newest.items())]
-    applied = await session.execute(
-        text(_UPSERT_PROFILES),
+    context = context or BatchContext()
+    applied = await pg.fetch(
+        await transaction_connection(session),
+        _UPSERT_PROFILES,
         {
             "customers": [u.customer_id for u in chosen],
             "versions": [u.version for u in chosen],
@@ -322,9 +352,11 @@ async def record_profiles(
             "times": [u.occurred_at for u in chosen],
             "now": datetime.now(UTC),
             "customer_ids": _customer_ids(list(newest)),
+            "base_lock": BASE_LOCK,
         },
     )
-    changed = sorted(set(applied.scalars()))
+    context.locked = True
+    changed = sorted({row[0] for row in applied})
     return await refresh_customers(session, customer_ids=changed, settings=settings, context=context)
 
 
@@ -389,8 +421,9 @@ async def refresh_customers(
 ) -> Changes:
     """Score some customers against the stored cut-points and models, and sync all their memberships.
 
-    A handful of statements whatever the number of customers: facts, RFM, predictions, attributes
-    and the membership diff each read or write all of them at once. `context` shares the lock,
+    A handful of statements whatever the number of customers (after the lock: the facts with the
+    context's versions; RFM, predictions and the attributes rules read; the membership diff), each
+    for all of them at once, straight on the asyncpg connection. `context` shares the lock,
     segments and models among the customers of one batch of events.
     """
     if not customer_ids:
@@ -399,11 +432,16 @@ async def refresh_customers(
     as_of = as_of or datetime.now(UTC)
     at = at or datetime.now(UTC)
     context = context or BatchContext()
-    await context.lock(session)
-    facts = await load_customers_facts(session, customer_ids=ids, as_of=as_of)
-    await _score_rfm(session, customer_ids=ids, facts=facts, as_of=as_of, context=context)
-    model = await _predict(session, customer_ids=ids, facts=facts, settings=settings, at=at, context=context)
-    attributes = await customers_attributes(session, customer_ids=ids)
+    conn = await transaction_connection(session)
+    if not context.locked:
+        await pg.execute(conn, LOCK_FOR_ONE_CUSTOMER, {"base_lock": BASE_LOCK})
+        context.locked = True
+    facts = await _facts_and_versions(conn, customer_ids=ids, as_of=as_of, context=context)
+    cuts = await _cut_points(session, facts=facts, as_of=as_of, context=context)
+    model = await context.clv_model(session)
+    attributes = await _score_and_read(
+        conn, customer_ids=ids, facts=facts, cuts=cuts, model=model, settings=settings, as_of=as_of, at=at
+    )
     active = await context.active_segments(session)
     cluster_of = _clusters_of(await context.cluster_model(session), list(facts.values()))
     wanted: dict[str, dict[str, str]] = {}
@@ -419,6 +457,145 @@ async def refresh_customers(
     return await apply_customers_memberships(
         session, wanted=wanted, segment_ids=[s.id for s in active], at=at, segments=active
     )
+
+
+async def _facts_and_versions(
+    conn: asyncpg.Connection, *, customer_ids: Sequence[str], as_of: datetime, context: BatchContext
+) -> dict[str, CustomerFacts]:
+    """The customers' facts (those with orders); in the same statement, once per context, the versions
+    of what it caches (read under the lock, as the facts are)."""
+    params = {"as_of": as_of, "customer_ids": list(customer_ids)}
+    if context.has_versions:
+        rows = await pg.fetch(conn, facts_sql(customer_filter=True), params)
+    else:
+        rows = await pg.fetch(conn, _FACTS_AND_VERSIONS, params)
+        context.set_versions(rows[0])
+    return {
+        row["customer_id"]: CustomerFacts(*(row[name] for name in _FACT_FIELDS))
+        for row in rows
+        if row["customer_id"] is not None
+    }
+
+
+_FACT_FIELDS = tuple(CustomerFacts.__dataclass_fields__)
+_FACTS_AND_VERSIONS = f"""
+    SELECT v.*, f.* FROM ({_CONTEXT_VERSIONS}) v LEFT JOIN ({facts_sql(customer_filter=True)}) f ON true
+"""
+
+
+async def _cut_points(
+    session: AsyncSession, *, facts: Mapping[str, CustomerFacts], as_of: datetime, context: BatchContext
+) -> RfmCutPoints | None:
+    cuts = await context.cut_points(session)
+    if cuts is None and facts:
+        # Before the first full recompute (a new system) the base is small: take its cut-points now.
+        everyone = f"({facts_sql(customer_filter=False)}) AS base"
+        cuts = await store_cut_points(session, as_of=as_of, facts=everyone)
+        context.stored_cut_points(cuts)
+    return cuts
+
+
+# RFM and predictions of a few customers, then what rules read of them: customer_attributes as it
+# is once both writes are done (one statement; the view is defined in migration 0002). Customers
+# without orders (or without cut-points) lose their scores, those without orders their predictions;
+# with orders but no model their stored predictions stay. The written rows come from RETURNING: the
+# statement's own snapshot does not see them.
+_SCORE_AND_READ = f"""
+    WITH rfm_gone AS (
+        DELETE FROM rfm_scores WHERE customer_id = ANY(CAST(:unscored AS text[])) RETURNING customer_id
+    ),
+    rfm AS (
+        {_UPSERT_RFM}
+        RETURNING customer_id, recency_days, frequency, monetary, r_score, f_score, m_score, rfm_segment
+    ),
+    predictions_gone AS (
+        DELETE FROM predictions WHERE customer_id = ANY(CAST(:without_orders AS text[])) RETURNING customer_id
+    ),
+    predicted AS (
+        {UPSERT_PREDICTIONS}
+        RETURNING customer_id, p_alive, expected_purchases_90d, clv_365d
+    )
+    SELECT c.customer_id, p.profile::text AS profile, r.recency_days, r.frequency, r.monetary, r.r_score,
+           r.f_score, r.m_score, r.rfm_segment,
+           CASE WHEN n.customer_id IS NULL THEN s.p_alive ELSE n.p_alive END AS p_alive,
+           CASE WHEN n.customer_id IS NULL THEN s.expected_purchases_90d ELSE n.expected_purchases_90d END
+               AS expected_purchases_90d,
+           CASE WHEN n.customer_id IS NULL THEN s.clv_365d ELSE n.clv_365d END AS clv_365d
+    FROM customers c
+    LEFT JOIN customer_profiles p ON p.customer_id = c.customer_id
+    LEFT JOIN rfm r ON r.customer_id = c.customer_id
+    LEFT JOIN predicted n ON n.customer_id = c.customer_id
+    LEFT JOIN predictions s
+        ON s.customer_id = c.customer_id AND NOT s.customer_id = ANY(CAST(:without_orders AS text[]))
+    WHERE c.customer_id = ANY(CAST(:customer_ids AS text[]))
+"""
+
+
+async def _score_and_read(
+    conn: asyncpg.Connection,
+    *,
+    customer_ids: Sequence[str],
+    facts: Mapping[str, CustomerFacts],
+    cuts: RfmCutPoints | None,
+    model: ClvModel | None,
+    settings: SegmentsSettings,
+    as_of: datetime,
+    at: datetime,
+) -> dict[str, dict[str, Any]]:
+    """Store the customers' RFM and predictions; their customer_attributes rows after that."""
+    scored = [c for c in customer_ids if cuts is not None and c in facts]
+    rows = [rfm_values(facts[c], cuts, as_of) for c in scored] if cuts is not None else []
+    params: dict[str, Any] = {
+        "customer_ids": list(customer_ids),
+        "unscored": [c for c in customer_ids if cuts is None or c not in facts],
+        "without_orders": [c for c in customer_ids if c not in facts],
+        "as_of": as_of,
+        "customers": scored,
+        "recency": [r["recency_days"] for r in rows],
+        "frequency": [r["frequency"] for r in rows],
+        "monetary": [r["monetary"] for r in rows],
+        "r": [r["r_score"] for r in rows],
+        "f": [r["f_score"] for r in rows],
+        "m": [r["m_score"] for r in rows],
+        "segments": [r["rfm_segment"] for r in rows],
+        **_prediction_values(customer_ids, facts=facts, model=model, settings=settings, at=at),
+    }
+    found = await pg.fetch(conn, _SCORE_AND_READ, params)
+    attributes: dict[str, dict[str, Any]] = {}
+    for row in found:
+        values = dict(row.items())
+        values["profile"] = orjson.loads(values["profile"]) if values["profile"] is not None else None
+        attributes[row["customer_id"]] = values
+    return attributes
+
+
+def _prediction_values(
+    customer_ids: Sequence[str],
+    *,
+    facts: Mapping[str, CustomerFacts],
+    model: ClvModel | None,
+    settings: SegmentsSettings,
+    at: datetime,
+) -> dict[str, Any]:
+    """The parameters of UPSERT_PREDICTIONS for the customers with orders (none without a model)."""
+    ids = [c for c in customer_ids if c in facts] if model is not None else []
+    if model is None or not ids:
+        return {"ids": [], "p": [], "e": [], "v": [], "model_id": None, "at": at}
+    rows = [facts[c] for c in ids]
+    x = np.array([f.repeat_days for f in rows], dtype=np.float64)
+    m_x = np.array([float(f.repeat_spend) / f.repeat_days if f.repeat_days else 0.0 for f in rows])
+    predicted = clv.predict(
+        clv.BgNbd(model.r, model.alpha_days, model.a, model.b),
+        clv.GammaGamma(model.p, model.q, model.gamma) if model.p and model.q and model.gamma else None,
+        x=x,
+        t_x=np.array([f.tenure_days - f.recency_days for f in rows], dtype=np.float64),
+        T=np.array([f.tenure_days for f in rows], dtype=np.float64),
+        m_x=m_x,
+        purchases_days=settings.expected_purchases_days,
+        horizon_days=settings.clv_horizon_days,
+        annual_discount_rate=settings.annual_discount_rate,
+    )
+    return prediction_params(ids, predicted, model.id, at)
 
 
 def _match(
@@ -474,43 +651,6 @@ def _clusters_of(model: ClusterModel | None, facts: Sequence[CustomerFacts]) -> 
     }
 
 
-async def _score_rfm(
-    session: AsyncSession,
-    *,
-    customer_ids: Sequence[str],
-    facts: Mapping[str, CustomerFacts],
-    as_of: datetime,
-    context: BatchContext,
-) -> None:
-    cuts = await context.cut_points(session)
-    if cuts is None and facts:
-        # Before the first full recompute (a new system) the base is small: take its cut-points now.
-        everyone = f"({facts_sql(customer_filter=False)}) AS base"
-        cuts = await store_cut_points(session, as_of=as_of, facts=everyone)
-        context.stored_cut_points(cuts)
-    unscored = [c for c in customer_ids if cuts is None or c not in facts]
-    if unscored:
-        await session.execute(delete(RfmScore).where(RfmScore.customer_id.in_(unscored)))
-    if cuts is None or not facts:
-        return
-    scored = [c for c in customer_ids if c in facts]
-    rows = [rfm_values(facts[c], cuts, as_of) for c in scored]
-    await session.execute(
-        text(_UPSERT_RFM),
-        {
-            "as_of": as_of,
-            "customers": scored,
-            "recency": [r["recency_days"] for r in rows],
-            "frequency": [r["frequency"] for r in rows],
-            "monetary": [r["monetary"] for r in rows],
-            "r": [r["r_score"] for r in rows],
-            "f": [r["f_score"] for r in rows],
-            "m": [r["m_score"] for r in rows],
-            "segments": [r["rfm_segment"] for r in rows],
-        },
-    )
-
-
 def rfm_values(facts: CustomerFacts, cuts: RfmCutPoints, as_of: datetime) -> dict[str, Any]:
     """One customer's RFM row, scored against stored cut-points."""
     r = rfm.score_lower_better(facts.recency_days, cuts.recency)
@@ -541,40 +681,6 @@ async def active_clv_model(session: AsyncSession) -> ClvModel | None:
     return (
         await session.execute(select(ClvModel).where(ClvModel.active).order_by(ClvModel.id.desc()).limit(1))
     ).scalar_one_or_none()
-
-
-async def _predict(
-    session: AsyncSession,
-    *,
-    customer_ids: Sequence[str],
-    facts: Mapping[str, CustomerFacts],
-    settings: SegmentsSettings,
-    at: datetime,
-    context: BatchContext,
-) -> ClvModel | None:
-    model = await context.clv_model(session)
-    without_orders = [c for c in customer_ids if c not in facts]
-    if without_orders:
-        await session.execute(delete(Prediction).where(Prediction.customer_id.in_(without_orders)))
-    if model is None or not facts:
-        return model
-    ids = [c for c in customer_ids if c in facts]
-    rows = [facts[c] for c in ids]
-    x = np.array([f.repeat_days for f in rows], dtype=np.float64)
-    m_x = np.array([float(f.repeat_spend) / f.repeat_days if f.repeat_days else 0.0 for f in rows])
-    predicted = clv.predict(
-        clv.BgNbd(model.r, model.alpha_days, model.a, model.b),
-        clv.GammaGamma(model.p, model.q, model.gamma) if model.p and model.q and model.gamma else None,
-        x=x,
-        t_x=np.array([f.tenure_days - f.recency_days for f in rows], dtype=np.float64),
-        T=np.array([f.tenure_days for f in rows], dtype=np.float64),
-        m_x=m_x,
-        purchases_days=settings.expected_purchases_days,
-        horizon_days=settings.clv_horizon_days,
-        annual_discount_rate=settings.annual_discount_rate,
-    )
-    await write_predictions(session, ids=ids, predicted=predicted, model_id=model.id, at=at)
-    return model
 
 
 async def customer_attributes(session: AsyncSession, *, customer_id: str) -> dict[str, Any]:

@@ -200,15 +200,17 @@ async def apply_memberships(
     customer_ids: Sequence[str] | None = None,
     segments: Sequence[SegmentLabels] | None = None,
     materialize: bool = True,
+    conn: asyncpg.Connection | None = None,
 ) -> Changes:
     """Make the members of `segment_ids` (all customers, or just `customer_ids`) be `targets_sql`.
 
     `segments`, when the caller has them loaded in this transaction, saves reading their names again.
     `materialize=False` when `targets_sql` only reads a table: it is scanned twice instead of copied.
+    `conn`: the session transaction's asyncpg connection, when the caller has it already.
     """
     if not segment_ids:
         return Changes()
-    conn = await transaction_connection(session)
+    conn = conn or await transaction_connection(session)
     values = {
         **params,
         "segment_ids": list(segment_ids),
@@ -250,6 +252,7 @@ async def apply_customers_memberships(
     segment_ids: Sequence[str],
     at: datetime,
     segments: Sequence[SegmentLabels] | None = None,
+    conn: asyncpg.Connection | None = None,
 ) -> Changes:
     """Some customers: `wanted[customer][segment]` is the reason each belongs to each segment now.
 
@@ -272,4 +275,5 @@ async def apply_customers_memberships(
         at=at,
         customer_ids=list(wanted),
         segments=segments,
+        conn=conn,
     )

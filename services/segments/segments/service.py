@@ -99,6 +99,7 @@ class BatchContext:
 
     def __init__(self) -> None:
         self.locked = False
+        self._conn: asyncpg.Connection | None = None
         self._versions: dict[str, str | None] = {}
         self._loaded: dict[str, Any] = {}
         self._rules: dict[tuple[str, int], tuple[rules.Rule, str]] = {}
@@ -110,6 +111,12 @@ class BatchContext:
             parsed = rules.parse_rule(segment.rule, max_nodes=max_nodes)
             self._rules[key] = (parsed, rules.describe(parsed))
         return self._rules[key]
+
+    async def connection(self, session: AsyncSession) -> asyncpg.Connection:
+        """The asyncpg connection of the session's transaction (looked up once per batch)."""
+        if self._conn is None:
+            self._conn = await transaction_connection(session)
+        return self._conn
 
     async def lock(self, session: AsyncSession) -> None:
         if not self.locked:
@@ -255,7 +262,7 @@ async def _record_new_facts(
         return Changes()
     context = context or BatchContext()
     values = {**params, "customer_ids": _customer_ids(customer_ids), "base_lock": BASE_LOCK}
-    rows = await pg.fetch(await transaction_connection(session), insert_sql, values)
+    rows = await pg.fetch(await context.connection(session), insert_sql, values)
     context.locked = True
     changed = sorted({row[0] for row in rows})
     return await refresh_customers(session, customer_ids=changed, settings=settings, context=context)
@@ -343,7 +350,7 @@ async def record_profiles(
     chosen = [update for _, update in sorted(newest.items())]
     context = context or BatchContext()
     applied = await pg.fetch(
-        await transaction_connection(session),
+        await context.connection(session),
         _UPSERT_PROFILES,
         {
             "customers": [u.customer_id for u in chosen],
@@ -432,7 +439,7 @@ async def refresh_customers(
     as_of = as_of or datetime.now(UTC)
     at = at or datetime.now(UTC)
     context = context or BatchContext()
-    conn = await transaction_connection(session)
+    conn = await context.connection(session)
     if not context.locked:
         await pg.execute(conn, LOCK_FOR_ONE_CUSTOMER, {"base_lock": BASE_LOCK})
         context.locked = True
@@ -455,7 +462,7 @@ async def refresh_customers(
     live = {s.id for s in active}
     wanted = {c: {sid: why for sid, why in own.items() if sid in live} for c, own in wanted.items()}
     return await apply_customers_memberships(
-        session, wanted=wanted, segment_ids=[s.id for s in active], at=at, segments=active
+        session, wanted=wanted, segment_ids=[s.id for s in active], at=at, segments=active, conn=conn
     )
 
 

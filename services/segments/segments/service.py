@@ -86,6 +86,18 @@ _CONTEXT_CACHE: dict[str, tuple[str, Any]] = {}
 _RULES_CACHE: dict[tuple[str, int], tuple[rules.Rule, str]] = {}
 
 
+@dataclass(frozen=True)
+class ActiveSegment:
+    """What the real-time path reads of an active segment: plain values (an ORM attribute read costs
+    ~0.3 us, and every customer of a batch reads every segment's)."""
+
+    id: str
+    key: str
+    name: str
+    kind: str
+    rule: Any
+
+
 class BatchContext:
     """What every customer of one batch of events reads alike, loaded once per batch.
 
@@ -104,7 +116,7 @@ class BatchContext:
         self._loaded: dict[str, Any] = {}
         self._rules: dict[tuple[str, int], tuple[rules.Rule, str]] = {}
 
-    def rule_of(self, segment: Segment, max_nodes: int) -> tuple[rules.Rule, str]:
+    def rule_of(self, segment: ActiveSegment, max_nodes: int) -> tuple[rules.Rule, str]:
         """A rule segment's parsed rule and its description, parsed once while the segments are unchanged."""
         key = (segment.id, max_nodes)
         if key not in self._rules:
@@ -148,11 +160,12 @@ class BatchContext:
                     _CONTEXT_CACHE[name] = (version, self._loaded[name])
         return self._loaded[name]
 
-    async def active_segments(self, session: AsyncSession) -> Sequence[Segment]:
-        async def load() -> Sequence[Segment]:
-            return (await session.execute(select(Segment).where(Segment.status == "active"))).scalars().all()
+    async def active_segments(self, session: AsyncSession) -> Sequence[ActiveSegment]:
+        async def load() -> Sequence[ActiveSegment]:
+            loaded = (await session.execute(select(Segment).where(Segment.status == "active"))).scalars().all()
+            return [ActiveSegment(s.id, s.key, s.name, s.kind, s.rule) for s in loaded]
 
-        result: Sequence[Segment] = await self._once("segments", load)
+        result: Sequence[ActiveSegment] = await self._once("segments", load)
         return result
 
     async def cut_points(self, session: AsyncSession) -> RfmCutPoints | None:
@@ -606,7 +619,7 @@ def _prediction_values(
 
 
 def _match(
-    segment: Segment,
+    segment: ActiveSegment,
     attributes: dict[str, Any],
     model: ClvModel | None,
     settings: SegmentsSettings,

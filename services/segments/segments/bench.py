@@ -271,7 +271,34 @@ async def produce(bootstrap: str, *, rate: float, seconds: float, bursts: bool, 
     return total
 
 
-async def latencies(bootstrap: str) -> dict[str, Any]:
+async def stages(dsn: str, first_profile: dict[str, int], entered: dict[str, int]) -> dict[str, Any]:
+    """Where the time went, from the retained outbox rows (times of transaction starts), as bench/run.py
+    splits it: waiting = profile record -> the applying transaction began; applying = that -> the relay's
+    transaction began; sending = that -> the entered record's broker time."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "select key, extract(epoch from created_at) * 1000 as created, extract(epoch from published_at) * 1000"
+            " as published from outbox where key like 'sb-%' and payload like '%\"segment.entered\"%'"
+            " and payload like '%\"bench-buyers\"%' and published_at is not null"
+        )
+    finally:
+        await conn.close()
+    split: dict[str, list[float]] = {"waiting": [], "applying": [], "sending": []}
+    for row in rows:
+        customer = row["key"]
+        if customer in first_profile and customer in entered:
+            split["waiting"].append(float(row["created"]) - first_profile[customer])
+            split["applying"].append(float(row["published"]) - float(row["created"]))
+            split["sending"].append(entered[customer] - float(row["published"]))
+    return {
+        name: {"p50_ms": round(float(np.percentile(v, 50)), 1), "p99_ms": round(float(np.percentile(v, 99)), 1)}
+        for name, v in split.items()
+        if v
+    }
+
+
+async def latencies(bootstrap: str, dsn: str) -> dict[str, Any]:
     """First profile.updated record time -> segment.entered (bench-buyers) record time, per customer."""
     consumer = AIOKafkaConsumer(
         PROFILES, SEGMENT_MEMBERSHIP, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
@@ -308,6 +335,7 @@ async def latencies(bootstrap: str) -> dict[str, Any]:
         "p90_ms": percentile(90),
         "p99_ms": percentile(99),
         "max_ms": round(max(gaps), 1) if gaps else None,
+        "stages": await stages(dsn, first_profile, entered),
     }
 
 
@@ -376,7 +404,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "profiles": "bursts every 0.5 s" if args.bursts else "each 20-50 ms after its purchase",
             "events": events,
             "published_entered": done,
-            "profile_to_membership": asyncio.run(latencies(broker.bootstrap)),
+            "profile_to_membership": asyncio.run(latencies(broker.bootstrap, dsn)),
             "cpu_us_per_event": {
                 "worker": round((worker_after - worker_before) * 1e6 / events),
                 "postgres": round((postgres_after - postgres_before) * 1e6 / events),

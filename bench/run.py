@@ -302,6 +302,7 @@ async def purchase_to_points(key: str, rate: float, seconds: float, prefix: str 
     total = int(rate * seconds)
     tag = uuid.uuid4().hex[:8]
     bodies = [orjson.dumps(purchase_body(f"{prefix}{tag}-{i}", i)) for i in range(total)]
+    cpu_before, started = platform_cpu_seconds(), time.monotonic()
     await run_load(
         url("ingest"),
         lambda i: ("POST", "/v1/purchases", bodies[i]),
@@ -321,6 +322,7 @@ async def purchase_to_points(key: str, rate: float, seconds: float, prefix: str 
             if credited >= total:
                 break
             await asyncio.sleep(0.5)
+        cpu_after, elapsed = platform_cpu_seconds(), time.monotonic() - started
         accepted = dict(
             await ingest_db.fetch(
                 "select customer_key, received_at from ingested_events where customer_key = any($1::text[])", customers
@@ -342,6 +344,12 @@ async def purchase_to_points(key: str, rate: float, seconds: float, prefix: str 
         "p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
         "p95_ms": round(float(np.percentile(latencies, 95)), 1) if latencies else None,
         "p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
+        # While the load ran and until the last was credited, idle cost included: at a steady rate the
+        # consumers see small batches, and what a batch costs whatever its size shows here.
+        "cpu_percent_of_a_core": {
+            role: round((cpu_after[role] - cpu_before.get(role, 0.0)) / elapsed * 100, 1)
+            for role in sorted(cpu_after, key=lambda r: cpu_before.get(r, 0.0) - cpu_after[r])
+        },
     }
 
 
@@ -894,6 +902,9 @@ def print_table(results: Results) -> None:
                 f"at {latency['rate_per_second']:.0f}/s",
                 f"{latency['credited']}/{latency['purchases']} credited",
             )
+            if cpu := latency.get("cpu_percent_of_a_core"):
+                parts = ", ".join(f"{role} {percent}" for role, percent in list(cpu.items())[:8])
+                add("  CPU meanwhile, % of a core", f"{sum(cpu.values()):.0f} in all: {parts} …", "", "")
         if membership := results.get(f"profile_to_membership{suffix}"):
             add(
                 "profile change -> segment.entered",

@@ -374,6 +374,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "SEGMENTS_DATABASE_URL": url,
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
             "SEGMENTS_RECOMPUTE_INTERVAL_SECONDS": "0",
+            "CX_CONSUMER_FETCH_MAX_WAIT_MS": str(args.fetch_wait_ms),
             "CX_LOG_LEVEL": "WARNING",
         }
         if args.code:
@@ -402,6 +403,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "rate_per_second": args.rate,
             "seconds": args.seconds,
             "profiles": "bursts every 0.5 s" if args.bursts else "each 20-50 ms after its purchase",
+            "fetch_wait_ms": args.fetch_wait_ms,
             "events": events,
             "published_entered": done,
             "profile_to_membership": asyncio.run(latencies(broker.bootstrap, dsn)),
@@ -430,6 +432,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to produce")
     parser.add_argument("--bursts", action="store_true", help="profiles every 0.5 s at once, as profiles publishes")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=20,
+        help="the worker's CX_CONSUMER_FETCH_MAX_WAIT_MS (make up gives segments 20)",
+    )
     parser.add_argument("--code", help="run the worker from this copy of services/segments (a before/after)")
     parser.add_argument("--profile", help="record the worker with py-spy into this file (raw stacks)")
     parser.add_argument("--statements", action="store_true", help="report pg_stat_statements of the measured run")

@@ -147,6 +147,7 @@ async def enable_statement_stats(postgres: EmbeddedPostgres) -> None:
     conn = await asyncpg.connect(postgres.dsn("segments"))
     try:
         await conn.execute("alter system set shared_preload_libraries = 'pg_stat_statements'")
+        await conn.execute("alter system set pg_stat_statements.track_planning = on")
     finally:
         await conn.close()
     postgres.stop()
@@ -162,12 +163,13 @@ async def statement_stats(dsn: str, limit: int = 15) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
-            "select calls, round(total_exec_time::numeric, 1) as ms, rows,"
+            "select calls, round(total_exec_time::numeric, 1) as ms,"
+            " round(total_plan_time::numeric, 1) as plan_ms, rows,"
             " left(regexp_replace(query, '\\s+', ' ', 'g'), 110) as query"
             " from pg_stat_statements order by total_exec_time desc limit $1",
             limit,
         )
-        return [dict(r) | {"ms": float(r["ms"])} for r in rows]
+        return [dict(r) | {"ms": float(r["ms"]), "plan_ms": float(r["plan_ms"])} for r in rows]
     finally:
         await conn.close()
 
@@ -200,6 +202,28 @@ ENTERED_PUBLISHED = (
     "select count(*) from outbox where topic = 'segments.membership.v1' and published_at is not null"
     " and key like 'sb-%' and payload like '%\"segment.entered\"%' and payload like '%\"bench-buyers\"%'"
 )
+
+
+async def database_now(dsn: str) -> datetime:
+    conn = await asyncpg.connect(dsn)
+    try:
+        moment: datetime = await conn.fetchval("select clock_timestamp()")
+        return moment
+    finally:
+        await conn.close()
+
+
+async def consumer_batches(dsn: str, since: datetime) -> int:
+    """Transactions of the consumer since `since` (processed_at is each transaction's now())."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        query = (
+            "select count(distinct processed_at) from processed_messages"
+            " where consumer = 'segments' and processed_at > $1"
+        )
+        return int(await conn.fetchval(query, since))
+    finally:
+        await conn.close()
 
 
 async def warm_up(bootstrap: str, dsn: str) -> None:
@@ -386,12 +410,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 asyncio.run(reset_statement_stats(dsn))
             process = psutil.Process(worker.pid)
             cpu: Callable[[], tuple[float, float]] = lambda: (cpu_seconds(process), postgres_cpu(postgres))  # noqa: E731
+            since = asyncio.run(database_now(dsn))
             worker_before, postgres_before = cpu()
             began = time.monotonic()
             customers = asyncio.run(
                 produce(broker.bootstrap, rate=args.rate, seconds=args.seconds, bursts=args.bursts, seed=args.seed)
             )
             done = asyncio.run(wait_for(dsn, ENTERED_PUBLISHED, customers, timeout=60))
+            batches = asyncio.run(consumer_batches(dsn, since))
             worker_after, postgres_after = cpu()
             wall = time.monotonic() - began
             if worker.poll() is not None:
@@ -406,6 +432,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "fetch_wait_ms": args.fetch_wait_ms,
             "events": events,
             "published_entered": done,
+            "consumer_batches": batches,
+            "events_per_batch": round(events / max(1, batches), 1),
             "profile_to_membership": asyncio.run(latencies(broker.bootstrap, dsn)),
             "cpu_us_per_event": {
                 "worker": round((worker_after - worker_before) * 1e6 / events),

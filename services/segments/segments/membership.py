@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 import asyncpg
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -97,7 +98,10 @@ def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True)
             "occurred_at": "CAST(:at_json AS text)",
         },
     )
-    templates = ", ".join(f"CAST(:tpl_{c} AS text[])" for c in _TEMPLATE_COLUMNS)
+    # The templates arrive as one JSON array of [segment_id, type, part0, ...] rows: text arrays are
+    # encoded element by element by asyncpg (~1 us each, hundreds per statement), one JSON text is
+    # sent as it is, and it is built once per set of segments (`_templates_json`).
+    templates = ", ".join(f"t.row ->> {i} AS {c}" for i, c in enumerate(_TEMPLATE_COLUMNS))
     # History: an entry is the member row itself (`change_id`, `reason`, `entered_at`) as long as the
     # stay lasts; the exit writes the entry's history row (same id, reason and time) and its own.
     # So a stay costs one history row less while it lasts and the same rows once it ended.
@@ -139,7 +143,7 @@ def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True)
                    to_json(customer_id)::text, 'no longer: ' || reason
             FROM exits
         ) c
-        JOIN unnest({templates}) AS tpl({", ".join(_TEMPLATE_COLUMNS)})
+        JOIN (SELECT {templates} FROM json_array_elements(CAST(:templates AS json)) AS t(row)) AS tpl
           ON tpl.segment_id = c.segment_id AND tpl.type = c.type
     )
     SELECT (SELECT count(*) FROM entered) AS entered, (SELECT count(*) FROM exited) AS exited
@@ -169,25 +173,27 @@ class _Labels:
 
 async def _template_params(
     conn: asyncpg.Connection, segment_ids: Sequence[str], segments: Sequence[SegmentLabels] | None
-) -> dict[str, list[str]]:
-    """Each segment's entered and exited envelope templates, as one array per template column."""
+) -> dict[str, str]:
+    """Each segment's entered and exited envelope templates (the `:templates` of the diff)."""
     if segments is None:
-        found = await conn.fetch(
-            "SELECT id, key, name, kind FROM segments WHERE id = ANY($1::text[])", list(segment_ids)
-        )
+        statement = "SELECT id, key, name, kind FROM segments WHERE id = ANY($1::text[])"
+        found = await conn.fetch(statement, list(segment_ids))
         rows: Sequence[SegmentLabels] = [_Labels(r["id"], r["key"], r["name"], r["kind"]) for r in found]
     else:
         wanted = set(segment_ids)
         rows = [segment for segment in segments if segment.id in wanted]
-    columns: dict[str, list[str]] = {f"tpl_{c}": [] for c in _TEMPLATE_COLUMNS}
-    for row in rows:
+    return {"templates": _templates_json(tuple((row.id, row.key, row.name, row.kind) for row in rows))}
+
+
+@lru_cache(maxsize=64)
+def _templates_json(segments: tuple[tuple[str, str, str, str], ...]) -> str:
+    """[[segment_id, type, part0, part1, ...], ...] for every segment's entered and exited template."""
+    rows = []
+    for segment_id, key, name, kind in segments:
         for event_type in (ENTERED, EXITED):
-            template = membership_template(event_type, row.id, row.key, row.name, row.kind)
-            columns["tpl_segment_id"].append(row.id)
-            columns["tpl_type"].append(event_type)
-            for i, part in enumerate(template.parts):
-                columns[f"tpl_part{i}"].append(part)
-    return columns
+            template = membership_template(event_type, segment_id, key, name, kind)
+            rows.append([segment_id, event_type, *template.parts])
+    return orjson.dumps(rows).decode()
 
 
 async def apply_memberships(

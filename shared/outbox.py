@@ -14,14 +14,13 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError, UnknownTopicOrPartitionError
-from sqlalchemy import BigInteger, Interval, Select, any_, bindparam, func, insert, literal_column, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy import func, insert, literal_column, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.sql.elements import ColumnClause
 
 from shared.envelope import Envelope
@@ -89,15 +88,29 @@ async def add_to_outbox_pg(
     )
 
 
-def due_rows(limit: int) -> Select[tuple[int, str, str, str, int]]:
-    """The relay's pass: pending rows due now, oldest first (through the partial index on pending ids)."""
-    return (
-        select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload, outbox.c.attempts)
-        .where(outbox.c.state == PENDING)
-        .where(outbox.c.next_attempt_at <= func.now())
-        .order_by(outbox.c.id)
-        .limit(limit)
-    )
+# The relay's pass in plain SQL (the states literal, as above). The lock is transaction-scoped, so a
+# crashed relay releases it with its connection.
+_TRY_LEAD = "SELECT pg_try_advisory_xact_lock($1)"
+DUE_ROWS = (
+    "SELECT id, topic, key, payload, attempts FROM outbox"
+    " WHERE state = 'pending' AND next_attempt_at <= now() ORDER BY id LIMIT $1"
+)
+_MARK_PUBLISHED = (
+    "UPDATE outbox SET state = 'published', published_at = now(), last_error = NULL WHERE id = ANY($1::bigint[])"
+)
+_SCHEDULE_RETRIES = """
+    UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, next_attempt_at = now() + f.backoff
+    FROM unnest($1::bigint[], $2::text[], $3::interval[]) AS f(id, error, backoff)
+    WHERE o.id = f.id
+"""
+
+
+class _DueRow(NamedTuple):
+    id: int
+    topic: str
+    key: str
+    payload: str
+    attempts: int
 
 
 def relay_lock_key(name: str) -> int:
@@ -190,31 +203,34 @@ class OutboxRelay:
         self._wake.set()
 
     async def publish_batch(self) -> int:
-        """One pass: publish up to batch_size pending rows; returns how many the broker acknowledged."""
-        async with self.engine.begin() as conn:
-            if not await self._is_leader(conn):
-                return 0
-            rows = (await conn.execute(due_rows(self.batch_size))).all()
-            if not rows:
-                return 0
-            resets_before = self.resets
-            results = await asyncio.gather(*await self._send_all(rows), return_exceptions=True)
-            if self.resets != resets_before:
-                # Some acknowledgements may come from the broker that lost its log: publish all again.
-                log.warning("broker reset while a batch was in flight; it stays pending", extra={"relay": self.name})
-                return 0
-            self._note_acknowledged_offsets(results)
-            acked = [row.id for row, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
-            failed = [(row, res) for row, res in zip(rows, results, strict=True) if isinstance(res, BaseException)]
-            if acked:
-                await conn.execute(
-                    update(outbox)
-                    # One array parameter: an expanded IN list is compiled again for every batch size.
-                    .where(outbox.c.id == any_(bindparam("acked", acked, type_=ARRAY(BigInteger))))
-                    .values(state="published", published_at=func.now(), last_error=None)
-                )
-            if failed:
-                await self._schedule_retries(conn, failed)
+        """One pass: publish up to batch_size pending rows; returns how many the broker acknowledged.
+
+        Straight on the pooled asyncpg connection: through SQLAlchemy the pass's four statements cost
+        ~1.5 ms of Python, and at a steady rate every commit upstream makes a pass of one row.
+        """
+        async with self.engine.connect() as sa_conn:
+            conn: asyncpg.Connection = (await sa_conn.get_raw_connection()).driver_connection
+            async with conn.transaction():
+                if not await conn.fetchval(_TRY_LEAD, relay_lock_key(self.name)):
+                    return 0
+                rows = [_DueRow(*record) for record in await conn.fetch(DUE_ROWS, self.batch_size)]
+                if not rows:
+                    return 0
+                resets_before = self.resets
+                results = await asyncio.gather(*await self._send_all(rows), return_exceptions=True)
+                if self.resets != resets_before:
+                    # Some acknowledgements may come from the broker that lost its log: publish all again.
+                    log.warning(
+                        "broker reset while a batch was in flight; it stays pending", extra={"relay": self.name}
+                    )
+                    return 0
+                self._note_acknowledged_offsets(results)
+                acked = [row.id for row, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
+                failed = [(row, res) for row, res in zip(rows, results, strict=True) if isinstance(res, BaseException)]
+                if acked:
+                    await conn.execute(_MARK_PUBLISHED, acked)
+                if failed:
+                    await self._schedule_retries(conn, failed)
         self.published_total += len(acked)
         return len(acked)
 
@@ -286,12 +302,7 @@ class OutboxRelay:
             future.set_exception(error)
         return future
 
-    async def _is_leader(self, conn: AsyncConnection) -> bool:
-        # Transaction-scoped, so a crashed relay releases it with its connection.
-        result = await conn.execute(select(func.pg_try_advisory_xact_lock(relay_lock_key(self.name))))
-        return bool(result.scalar())
-
-    async def _schedule_retries(self, conn: AsyncConnection, failed: list[tuple[Any, BaseException]]) -> None:
+    async def _schedule_retries(self, conn: asyncpg.Connection, failed: list[tuple[_DueRow, BaseException]]) -> None:
         """Back off every refused row, in one statement (a missing topic fails all of its rows at once)."""
         log.warning(
             "outbox publish failed, will retry",
@@ -303,21 +314,10 @@ class OutboxRelay:
             },
         )
         await conn.execute(
-            update(outbox)
-            .where(outbox.c.id == bindparam("row_id"))
-            .values(
-                attempts=outbox.c.attempts + 1,
-                last_error=bindparam("error"),
-                next_attempt_at=func.now() + bindparam("backoff", type_=Interval()),
-            ),
-            [
-                {
-                    "row_id": row.id,
-                    "error": repr(error)[:2000],
-                    "backoff": timedelta(seconds=min(self.max_backoff_seconds, 0.1 * 2**row.attempts)),
-                }
-                for row, error in failed
-            ],
+            _SCHEDULE_RETRIES,
+            [row.id for row, _ in failed],
+            [repr(error)[:2000] for _, error in failed],
+            [timedelta(seconds=min(self.max_backoff_seconds, 0.1 * 2**row.attempts)) for row, _ in failed],
         )
 
     async def _delete_expired(self) -> None:

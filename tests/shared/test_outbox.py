@@ -15,20 +15,19 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db import make_pg_pool
 from shared.devstack import ensure_topics
 from shared.envelope import new_event
 from shared.outbox import (
+    DUE_ROWS,
     MessageTooLarge,
     OutboxRelay,
     OutgoingMessage,
     add_to_outbox,
     add_to_outbox_pg,
     asyncpg_dsn,
-    due_rows,
 )
 from shared.replay import replay
 from shared.tables import outbox
@@ -284,11 +283,10 @@ def test_one_stray_answer_of_zero_is_not_a_lost_log(
 async def test_the_relays_pass_uses_the_pending_index_also_in_a_generic_plan(platform: TestPlatform) -> None:
     """PostgreSQL plans a prepared statement generically after five runs: a bound state could not use
     the partial index, and the pass walked every published row."""
-    sql = str(due_rows(1000).compile(dialect=postgresql.asyncpg.dialect()))  # type: ignore[no-untyped-call]
     conn = await asyncpg.connect(asyncpg_dsn(platform.database_urls["feedback"]))
     try:
         await conn.execute("set plan_cache_mode = force_generic_plan")
-        await conn.execute(f"prepare relay_pass as {sql}")
+        await conn.execute(f"prepare relay_pass(int) as {DUE_ROWS}")
         plan = "\n".join(row[0] for row in await conn.fetch("explain execute relay_pass(1000)"))
     finally:
         await conn.close()

@@ -62,8 +62,13 @@ async def transaction_connection(session: AsyncSession) -> asyncpg.Connection:
     connection: asyncpg.Connection = dbapi.driver_connection
     if not connection.is_in_transaction():
         # SQLAlchemy's adapter sends BEGIN with the first statement it runs itself: without one,
-        # every statement sent straight to asyncpg would commit on its own.
-        await raw.exec_driver_sql("select 1")
+        # every statement sent straight to asyncpg would commit on its own. Its own BEGIN, started
+        # the way its first statement would (one round trip, where a `select 1` made two).
+        adapter: Any = dbapi.dbapi_connection
+        if getattr(adapter, "_transaction", False) is None and hasattr(adapter, "_start_transaction"):
+            await adapter._start_transaction()
+        else:
+            await raw.exec_driver_sql("select 1")
     return connection
 
 

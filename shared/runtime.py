@@ -83,6 +83,7 @@ class ServiceRuntime:
                 max_message_bytes=settings.max_message_bytes,
                 session_timeout_ms=settings.consumer_session_timeout_ms,
                 fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+                min_batch_interval_ms=settings.consumer_min_batch_interval_ms,
                 batch_handlers=batch_handlers,
             )
         self.jobs = list(jobs) if self.background else []

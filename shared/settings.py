@@ -76,6 +76,11 @@ class ServiceSettings(BaseSettings):
     # 20 -> 6), so the default is short; at 20 the idle polling of five consumers cost ~5-10 % of
     # the API's throughput. Apache Kafka answers at once and can take 500.
     consumer_fetch_max_wait_ms: int = Field(100, ge=1, validation_alias=_platform("CX_CONSUMER_FETCH_MAX_WAIT_MS"))
+    # A small batch waits until this long after the previous batch began and takes what arrived
+    # meanwhile (shared/consumer.py): fewer, larger transactions at a steady rate. 0: no wait.
+    consumer_min_batch_interval_ms: int = Field(
+        0, ge=0, validation_alias=_platform("CX_CONSUMER_MIN_BATCH_INTERVAL_MS")
+    )
     consumer_max_attempts: int = Field(3, validation_alias=_platform("CX_CONSUMER_MAX_ATTEMPTS"))
     consumer_session_timeout_ms: int = Field(6000, validation_alias=_platform("CX_CONSUMER_SESSION_TIMEOUT_MS"))
     consumer_retry_backoff_seconds: float = Field(0.2, validation_alias=_platform("CX_CONSUMER_RETRY_BACKOFF"))

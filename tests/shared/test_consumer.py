@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -200,3 +201,39 @@ async def _read(client: AIOKafkaConsumer, count: int) -> list[ConsumerRecord[Any
         if len(records) >= count:
             break
     return records
+
+
+async def test_a_small_batch_soon_after_the_last_waits_and_takes_what_arrived(platform: TestPlatform) -> None:
+    topic = f"test.linger.{uuid.uuid4().hex[:8]}.v1"
+    await ensure_topics(platform.bootstrap, {topic: 1})
+    worker = IdempotentConsumer(
+        name=f"test-{uuid.uuid4().hex[:8]}",
+        topics=[topic],
+        handlers={},
+        sessionmaker=async_sessionmaker(platform.engine("feedback")),
+        bootstrap_servers=platform.bootstrap,
+        min_batch_interval_ms=3000,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=platform.bootstrap, acks="all", enable_idempotence=False)
+    client = worker._new_consumer()
+    await producer.start()
+    await client.start()
+    try:
+        await producer.send_and_wait(topic, event().encode(), key=b"cus-1")
+        first: dict[TopicPartition, list[Any]] = {}
+        for _ in range(50):
+            if first := await worker._next_batch(client):
+                break
+        assert sum(map(len, first.values())) == 1  # nothing before it: taken at once
+        started = asyncio.get_running_loop().time()
+        await producer.send_and_wait(topic, event().encode(), key=b"cus-1")
+        pending = asyncio.create_task(worker._next_batch(client))
+        await asyncio.sleep(0.3)
+        for _ in range(2):
+            await producer.send_and_wait(topic, event().encode(), key=b"cus-1")
+        second = await pending
+        assert [r.offset for r in second[TopicPartition(topic, 0)]] == [1, 2, 3]  # one batch, in order
+        assert asyncio.get_running_loop().time() - started >= 2.0
+    finally:
+        await client.stop()
+        await producer.stop()

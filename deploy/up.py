@@ -43,6 +43,11 @@ DEFAULT_FETCH_WAIT_MS = {"segments": 20}
 # -> 4,794-5,127/s, p99 at 200/s 19-21 -> 10 ms; single purchases 1,725-1,992 -> 3,450-3,478/s.
 # CX_WORKER_NICE=0 gives them the same priority.
 WORKER_NICE = int(os.environ.get("CX_WORKER_NICE", "5"))
+# Partitions per topic on the embedded broker unless CX_TOPIC_PARTITIONS says otherwise. Tansu does
+# work for every partition of every fetch, idle ones too: five idle consumers cost it 25 % of a core
+# at 6 partitions a topic and 5 % at 1, CPU the APIs share. `make up` runs one worker per service, so
+# 2 leave room for a second; Apache Kafka (docker-compose) keeps 6.
+EMBEDDED_BROKER_PARTITIONS = 2
 
 
 def _lower_priority() -> None:
@@ -122,6 +127,7 @@ class Platform:
         self.broker: EmbeddedBroker | None = None
         self.services: list[ServiceProcess] = []
         self.stopping = False
+        self.partitions = int(os.environ.get("CX_TOPIC_PARTITIONS", "6"))
 
     def start_infrastructure(self) -> tuple[dict[str, str], str]:
         urls = {s: os.environ.get(f"{s.upper()}_DATABASE_URL", "") for s in SERVICES}
@@ -140,10 +146,11 @@ class Platform:
             self.broker = EmbeddedBroker(BROKER_PORT, log_path=DATA / "logs" / "broker.log")
             self.broker.start()
             bootstrap = self.broker.bootstrap
+            self.partitions = int(os.environ.get("CX_TOPIC_PARTITIONS", EMBEDDED_BROKER_PARTITIONS))
         else:
             say(f"• Kafka: using {bootstrap}")
-        asyncio.run(create_all(bootstrap, int(os.environ.get("CX_TOPIC_PARTITIONS", "6"))))
-        say("• topics created")
+        asyncio.run(create_all(bootstrap, self.partitions))
+        say(f"• topics created ({self.partitions} partitions each)")
         for service in SERVICES:
             upgrade(service, urls[service])
         say("• migrations applied (one Alembic history per service)")
@@ -155,6 +162,7 @@ class Platform:
             "CX_DEV_API_KEY": api_key,
             "CX_JWT_SECRET": jwt_secret,
             "PYTHONUNBUFFERED": "1",
+            "CX_TOPIC_PARTITIONS": str(self.partitions),  # the counts a service recreates after a broker reset
         }
         if self.broker is not None:
             # The embedded broker forgot everything: publish the retained outbox again.

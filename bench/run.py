@@ -971,6 +971,16 @@ def print_table(results: Results) -> None:
             ceiling = f"{cores * 1e6 / total:,.0f}/s on {cores} cores"
             idle = f"; idle platform {backlog.get('idle_cpu_percent_of_a_core')} % of a core, not counted"
             add("CPU per purchase, whole platform", f"{total:,} µs ({parts} …{idle})", "", ceiling)
+    for name, shape in (("segments_alone", "steady"), ("segments_alone_bursts", "bursts every 0.5 s")):
+        if (segments := results.get(name, {})).get("profile_to_membership"):
+            latency, cpu = segments["profile_to_membership"], segments["cpu_us_per_event"]
+            add(
+                f"profile change -> segment.entered, segments alone ({shape})",
+                f"p50 {latency['p50_ms']} ms p99 {latency['p99_ms']} ms ({latency['entered']:,} entered; CPU per event:"
+                f" worker {cpu['worker']} µs, PostgreSQL {cpu['postgres']} µs)",
+                f"p99 < 100 ms at {segments['rate_per_second']:.0f}/s",
+                f"{segments['events_per_batch']} events a batch",
+            )
     if (alone := results.get("profiles_alone", {}).get("consumer")) is not None:
         cpu = alone["cpu_ms_per_1000_events"]
         add(
@@ -1047,6 +1057,12 @@ async def measure(
         # The same at a tenth of the rate: the services' own latency, without 2 cores' worth of queueing.
         ("purchase_to_points_light", lambda: light_purchase_to_points(key, 10 * scale)),
         ("profile_to_membership_light", lambda: profile_to_membership(bootstrap, prefix="cus-lite-")),
+        # Segments on its own at the same 200/s: its own latency, without the other consumers' CPU.
+        ("segments_alone", lambda: service_alone("segments.bench", "--rate", "200", "--seconds", str(15 * scale))),
+        (
+            "segments_alone_bursts",
+            lambda: service_alone("segments.bench", "--rate", "200", "--seconds", str(15 * scale), "--bursts"),
+        ),
         ("ingest_single", lambda: ingest_single(key, n(20_000))),
         ("limits.bare_get_under_load", lambda: bare_get_under_load(key, jwt_secret, n(50_000))),
         ("me_under_load", lambda: me_under_load(key, jwt_secret, n(50_000))),

@@ -37,12 +37,18 @@ DEFAULT_API_PROCESSES = {"ingest": 2, "loyalty": 2, "profiles": 2}
 # (Tansu answers a waiting fetch only when the wait ends): a profile change reaches segments within
 # 20 ms, not 100. <SERVICE>_CONSUMER_FETCH_MAX_WAIT_MS overrides.
 DEFAULT_FETCH_WAIT_MS = {"segments": 20}
+# The others take a small batch at most every 30 ms (CX_CONSUMER_MIN_BATCH_INTERVAL_MS, shared/consumer.py):
+# at a steady 200 purchases/s the platform's CPU fell from 180 to 166-171 % of a core and purchase ->
+# points from p50 51 / p99 101 to 44 / 80-84 ms. Not segments, whose profile -> membership latency is a goal.
+# <SERVICE>_CONSUMER_MIN_BATCH_INTERVAL_MS overrides.
+DEFAULT_MIN_BATCH_INTERVAL_MS = {"ingest": 30, "profiles": 30, "loyalty": 30, "feedback": 30}
 # Workers (consumers, relays, jobs) run at a lower CPU priority than the API processes: on a machine
 # they share, a request waits for no consumer's batch, and the consumers take the CPU the requests
-# leave (they catch up after a burst). Measured on 2 cores: GET /v1/me under ingest load 1,857-2,225/s
-# -> 4,794-5,127/s, p99 at 200/s 19-21 -> 10 ms; single purchases 1,725-1,992 -> 3,450-3,478/s.
-# CX_WORKER_NICE=0 gives them the same priority.
-WORKER_NICE = int(os.environ.get("CX_WORKER_NICE", "5"))
+# leave (they catch up after a burst; under a sustained overload of the APIs they fall behind).
+# Measured on 2 cores, GET /v1/me under ingest load: nice 0 1,857-2,225/s; nice 5 3,472-5,127/s
+# (4,031 in a later run); nice 10 4,913-5,063/s; nice 15 5,402-5,510/s, p99 17-18 ms; nice 19 6,057/s.
+# Latency at 200 purchases/s was no worse at 15-19 than at 5. CX_WORKER_NICE=0 gives them the same priority.
+WORKER_NICE = int(os.environ.get("CX_WORKER_NICE", "15"))
 # Partitions per topic on the embedded broker unless CX_TOPIC_PARTITIONS says otherwise. Tansu does
 # work for every partition of every fetch, idle ones too: five idle consumers cost it 25 % of a core
 # at 6 partitions a topic and 5 % at 1, CPU the APIs share. `make up` runs one worker per service, so
@@ -178,6 +184,10 @@ class Platform:
                 worker_env["CX_CONSUMER_FETCH_MAX_WAIT_MS"] = fetch_wait
             elif name in DEFAULT_FETCH_WAIT_MS and "CX_CONSUMER_FETCH_MAX_WAIT_MS" not in os.environ:
                 worker_env["CX_CONSUMER_FETCH_MAX_WAIT_MS"] = str(DEFAULT_FETCH_WAIT_MS[name])
+            if interval := os.environ.get(f"{name.upper()}_CONSUMER_MIN_BATCH_INTERVAL_MS"):
+                worker_env["CX_CONSUMER_MIN_BATCH_INTERVAL_MS"] = interval
+            elif name in DEFAULT_MIN_BATCH_INTERVAL_MS and "CX_CONSUMER_MIN_BATCH_INTERVAL_MS" not in os.environ:
+                worker_env["CX_CONSUMER_MIN_BATCH_INTERVAL_MS"] = str(DEFAULT_MIN_BATCH_INTERVAL_MS[name])
             processes = [ServiceProcess(name, api_env, DATA / "logs" / f"{name}.log") for _ in range(count)]
             processes.append(ServiceProcess(name, worker_env, DATA / "logs" / f"{name}-worker.log", module="worker"))
             for process in processes:

@@ -100,7 +100,9 @@ def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True)
     )
     # The templates arrive as one JSON array of [segment_id, type, part0, ...] rows: text arrays are
     # encoded element by element by asyncpg (~1 us each, hundreds per statement), one JSON text is
-    # sent as it is, and it is built once per set of segments (`_templates_json`).
+    # sent as it is, and it is built once per set of segments (`_templates_json`). OFFSET 0 keeps
+    # the subquery from being pulled up: inlined, each `->>` ran once per event row (2.36M in a
+    # first full recompute of 1M customers: 49.5 -> 64.7 s), fenced once per template.
     templates = ", ".join(f"t.row ->> {i} AS {c}" for i, c in enumerate(_TEMPLATE_COLUMNS))
     # History: an entry is the member row itself (`change_id`, `reason`, `entered_at`) as long as the
     # stay lasts; the exit writes the entry's history row (same id, reason and time) and its own.
@@ -143,7 +145,7 @@ def _diff_sql(targets_sql: str, customer_filter: bool, materialize: bool = True)
                    to_json(customer_id)::text, 'no longer: ' || reason
             FROM exits
         ) c
-        JOIN (SELECT {templates} FROM json_array_elements(CAST(:templates AS json)) AS t(row)) AS tpl
+        JOIN (SELECT {templates} FROM json_array_elements(CAST(:templates AS json)) AS t(row) OFFSET 0) AS tpl
           ON tpl.segment_id = c.segment_id AND tpl.type = c.type
     )
     SELECT (SELECT count(*) FROM entered) AS entered, (SELECT count(*) FROM exited) AS exited

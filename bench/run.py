@@ -381,7 +381,8 @@ async def _closed_loop_gets(
     port: int, path: str, requests: int, tokens: list[bytes], rate_per_second: float | None = None
 ) -> LoadResult:
     """`requests` GETs over 32 connections, each sent as soon as the previous answer came; or, with
-    `rate_per_second`, started on a fixed schedule (open loop: the latency at a sustainable rate)."""
+    `rate_per_second`, started on a fixed schedule (open loop: the latency at a given rate; a request
+    that found every connection busy counts its latency from when it was due)."""
     result = LoadResult()
     counter = iter(range(requests))
     started = time.perf_counter()
@@ -391,12 +392,15 @@ async def _closed_loop_gets(
         await conn.open()
         try:
             for i in counter:
-                if rate_per_second and (delay := started + i / rate_per_second - time.perf_counter()) > 0:
+                scheduled = started + i / rate_per_second if rate_per_second else 0.0
+                if rate_per_second and (delay := scheduled - time.perf_counter()) > 0:
                     await asyncio.sleep(delay)
                 conn.fixed_headers = b"Authorization: Bearer " + tokens[i % len(tokens)] + b"\r\n"
                 sent = time.perf_counter()
+                # Behind schedule (every connection was busy): the wait counts, from when it was due.
+                since = scheduled if rate_per_second and sent - scheduled > 0.002 else sent
                 status, _ = await conn.request("GET", path)
-                result.latencies_ms.append((time.perf_counter() - sent) * 1000)
+                result.latencies_ms.append((time.perf_counter() - since) * 1000)
                 result.statuses[status] += 1
                 result.requests += 1
         finally:
@@ -421,14 +425,23 @@ async def me_under_load(key: str, jwt_secret: str, requests: int) -> Results:
     port = int(os.environ["LOYALTY_PORT"])
     try:
         result = await _closed_loop_gets(port, "/v1/me", requests, tokens)
-        # The p99 goal is a latency: read it at a rate the machine sustains, not at saturation.
+        # The goal read as it is stated, 5,000 requests a second with p99 under 20 ms: at that rate, not
+        # at saturation, where the closed loop's p99 is its own queue of 32 connections.
+        goal = await _closed_loop_gets(port, "/v1/me", max(100, requests // 2), tokens, rate_per_second=5000)
+        # And at a rate far from saturation.
         paced = await _closed_loop_gets(port, "/v1/me", max(100, requests // 25), tokens, rate_per_second=200)
     finally:
         pressure.cancel()
         await asyncio.gather(pressure, return_exceptions=True)
-    fixed = paced.summary()
+    fixed, at_goal = paced.summary(), goal.summary()
     return result.summary() | {
         "members": len(members),
+        "at_goal_rate": {
+            "per_second": 5000,
+            "achieved_per_second": at_goal["per_second"],
+            "p50_ms": at_goal["p50_ms"],
+            "p99_ms": at_goal["p99_ms"],
+        },
         "at_rate": {"per_second": 200, "p50_ms": fixed["p50_ms"], "p99_ms": fixed["p99_ms"]},
     }
 
@@ -921,12 +934,19 @@ def print_table(results: Results) -> None:
                 )
     if (me := results.get("me_under_load")) and "per_second" in me:
         add(
-            "GET /v1/me under ingest load",
-            f"{me['per_second']:.0f}/s p99 {me['p99_ms']} ms",
-            ">= 5,000/s, p99 < 20 ms",
+            "GET /v1/me under ingest load, closed loop",
+            f"{me['per_second']:.0f}/s p99 {me['p99_ms']} ms (32 connections: the p99 of their queue)",
+            "",
             f"{ratio(me['per_second'], bare_get.get('per_second'))} of a bare FastAPI GET under the same load"
             f" {bare_get.get('per_second', 0):.0f}/s",
         )
+        if at_goal := me.get("at_goal_rate"):
+            add(
+                "GET /v1/me under ingest load, at 5,000/s",
+                f"{at_goal['achieved_per_second']:.0f}/s p50 {at_goal['p50_ms']} ms p99 {at_goal['p99_ms']} ms",
+                ">= 5,000/s, p99 < 20 ms",
+                "open loop; late requests timed from when they were due",
+            )
         if paced := me.get("at_rate"):
             bare_paced = bare_get.get("at_rate", {})
             add(

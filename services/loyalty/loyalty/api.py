@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loyalty import idempotency, rules, service
 from loyalty.config import LoyaltySettings
@@ -154,6 +154,43 @@ router.add_api_route(
     route_class_override=_MemberRoute,
 )
 router.add_api_route("/me", get_me, methods=["GET"], response_model=MemberRead, route_class_override=_MyMemberRoute)
+
+
+class MyMemberFastPath:
+    """`GET /v1/me` with a valid token of an existing member, answered before the routing and most middleware.
+
+    The hottest request of the service (mobile balances): routing and middleware were 10-20 % of its CPU.
+    Only the answer that the route would give with 200 is given here, with the same verifier, reader and
+    bytes; anything else (no or a bad token, no member, an error) goes to the application untouched,
+    which answers it as always (a GET has no body to have been read).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/v1/me":
+            answer = await self._answer(scope)
+            if answer is not None:
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": answer})
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope) -> bytes | None:
+        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+        scheme, _, token = authorization.partition(" ")
+        app = scope["app"]
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        principal = app.state.runtime.customer_tokens.verify(token.strip())
+        if principal is None or len(principal.customer_id) > MAX_CUSTOMER_ID:
+            return None
+        try:
+            return await _member_reads(Request(scope)).answer(principal.customer_id)
+        except Exception:  # the application answers it (503 when the database is down), as always
+            return None
 
 
 def _page_size(request: Request, limit: int | None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from loyalty.api import RulesCache, router
+from loyalty.api import MyMemberFastPath, RulesCache, router
 from loyalty.config import LoyaltySettings
 from loyalty.rules import read_program_file
 from loyalty.worker import build_runtime
@@ -17,6 +17,7 @@ def create_app(settings: LoyaltySettings | None = None) -> FastAPI:
     app = create_service_app(title="Loyalty", settings=settings, runtime=runtime, routers=[router])
     program = read_program_file(settings.rules_file)
     app.state.rules_cache = RulesCache(program.rules() if program else None, settings.rules_cache_seconds)
+    app.add_middleware(MyMemberFastPath)  # added last: the outermost of the application's own
     return app
 
 

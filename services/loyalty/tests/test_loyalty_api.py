@@ -283,3 +283,16 @@ async def test_member_reads_are_answered_by_the_lean_routes_with_the_endpoints_e
     assert too_long.json()["errors"][0]["field"] == "path.customer_id"
     not_allowed = await client.delete("/v1/me", headers=token_for("x"))
     assert (not_allowed.status_code, not_allowed.headers["allow"]) == (405, "GET")
+
+
+async def test_my_member_is_answered_before_the_routing_with_the_routes_bytes(
+    client: httpx.AsyncClient, platform: TestPlatform, api_headers: dict[str, str]
+) -> None:
+    cid = await member(platform, ("120.00", NOW))
+    app = loyalty.main.create_app(LoyaltySettings(consumers_enabled=False))
+    assert next(getattr(m.cls, "__name__", "") for m in app.user_middleware) == "MyMemberFastPath"  # outermost
+    staff = await client.get(f"/v1/members/{cid}", headers=api_headers)  # through the route
+    mine = await client.get("/v1/me", headers=token_for(cid))
+    assert (mine.status_code, mine.headers["content-type"]) == (200, "application/json")
+    assert mine.content == staff.content
+    assert int(mine.headers["content-length"]) == len(mine.content)

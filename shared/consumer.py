@@ -196,7 +196,9 @@ class IdempotentConsumer:
 
         A batch costs its transaction, its statements, an offset commit and a relay pass whatever its
         size: at a steady few hundred events a second, batches of one to five cost several times the
-        CPU of the same events in fewer batches, on a machine the APIs share.
+        CPU of the same events in fewer batches, on a machine the APIs share. (aiokafka fetches a
+        partition again only once its buffered records were taken, so what the wait gathers is what
+        the fetches in flight and those of the other partitions bring.)
         """
         batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
         batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)

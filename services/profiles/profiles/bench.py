@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaProducer
 
+from bench.alone import cpu_seconds, enable_statement_stats, postgres_cpu, start, statement_stats, stop
 from bench.loadgen import run_load
 from shared.devstack import EmbeddedBroker, EmbeddedPostgres, free_port
 from shared.migrate import upgrade
@@ -158,55 +157,8 @@ def make_backlog_events(count: int, customers: int) -> list[tuple[str, str, byte
     return out
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    """User + system CPU of a process and its live children."""
-    total = 0.0
-    for each in [process, *process.children(recursive=True)]:
-        try:
-            times = each.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
 def api_cpu(apis: list[subprocess.Popen[bytes]]) -> float:
     return sum(cpu_seconds(psutil.Process(api.pid)) for api in apis)
-
-
-def postgres_cpu(postgres: EmbeddedPostgres) -> float:
-    pid = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
-    return cpu_seconds(psutil.Process(pid))
-
-
-async def enable_statement_stats(postgres: EmbeddedPostgres) -> None:
-    conn = await asyncpg.connect(postgres.dsn("profiles"))
-    try:
-        await conn.execute("alter system set shared_preload_libraries = 'pg_stat_statements'")
-    finally:
-        await conn.close()
-    postgres.stop()
-    postgres.start()
-    conn = await asyncpg.connect(postgres.dsn("profiles"))
-    try:
-        await conn.execute("create extension if not exists pg_stat_statements")
-        await conn.execute("select pg_stat_statements_reset()")
-    finally:
-        await conn.close()
-
-
-async def statement_stats(dsn: str, limit: int = 15) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "select calls, round(total_exec_time::numeric, 1) as ms, rows,"
-            " left(regexp_replace(query, '\\s+', ' ', 'g'), 110) as query"
-            " from pg_stat_statements order by total_exec_time desc limit $1",
-            limit,
-        )
-        return [dict(r) | {"ms": float(r["ms"])} for r in rows]
-    finally:
-        await conn.close()
 
 
 async def produce(bootstrap: str, events: list[tuple[str, str, bytes]]) -> None:
@@ -217,23 +169,6 @@ async def produce(bootstrap: str, events: list[tuple[str, str, bytes]]) -> None:
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-def start(module: str, env: dict[str, str], log: Path, profile: str | None = None) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", module]
-    if profile:  # py-spy's raw (collapsed) stacks, for a flame graph or grep
-        py_spy = os.environ.get("PY_SPY", str(Path(sys.executable).parent / "py-spy"))
-        command = [py_spy, "record", "-r", "200", "-f", "raw", "-o", profile, "--", *command]
-    with log.open("wb") as out:
-        return subprocess.Popen(command, env=os.environ | env, stdout=out, stderr=out)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGINT)  # the worker stops cleanly on it, and py-spy writes its profile
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 async def first_commit(dsn: str, cpu_now: Any) -> tuple[int, tuple[float, float]]:
@@ -358,7 +293,7 @@ def main() -> None:
             upgrade("profiles", url)
             asyncio.run(create_all(broker.bootstrap))
             if args.statements:
-                asyncio.run(enable_statement_stats(postgres))
+                asyncio.run(enable_statement_stats(postgres, "profiles"))
             env = {
                 "PROFILES_DATABASE_URL": url,
                 "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,

@@ -18,11 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -37,6 +33,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.alone import cpu_seconds, enable_statement_stats, postgres_cpu, start, statement_stats, stop
 from shared.devstack import EmbeddedBroker, EmbeddedPostgres, free_port
 from shared.migrate import upgrade
 from shared.topics import PROFILES, PURCHASES, SEGMENT_MEMBERSHIP, create_all
@@ -113,23 +110,6 @@ def _envelope(source: str, type: str, subject: str, at: datetime, data: bytes) -
     return header[:-1] + b',"data":' + data + b"}"
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    """User + system CPU of a process and its live children."""
-    total = 0.0
-    for each in [process, *process.children(recursive=True)]:
-        try:
-            times = each.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def postgres_cpu(postgres: EmbeddedPostgres) -> float:
-    pid = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
-    return cpu_seconds(psutil.Process(pid))
-
-
 async def add_rule_segment(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -139,37 +119,6 @@ async def add_rule_segment(dsn: str) -> None:
             SEGMENT_KEY,
             json.dumps(RULE),
         )
-    finally:
-        await conn.close()
-
-
-async def enable_statement_stats(postgres: EmbeddedPostgres) -> None:
-    conn = await asyncpg.connect(postgres.dsn("segments"))
-    try:
-        await conn.execute("alter system set shared_preload_libraries = 'pg_stat_statements'")
-        await conn.execute("alter system set pg_stat_statements.track_planning = on")
-    finally:
-        await conn.close()
-    postgres.stop()
-    postgres.start()
-    conn = await asyncpg.connect(postgres.dsn("segments"))
-    try:
-        await conn.execute("create extension if not exists pg_stat_statements")
-    finally:
-        await conn.close()
-
-
-async def statement_stats(dsn: str, limit: int = 15) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "select calls, round(total_exec_time::numeric, 1) as ms,"
-            " round(total_plan_time::numeric, 1) as plan_ms, rows,"
-            " left(regexp_replace(query, '\\s+', ' ', 'g'), 110) as query"
-            " from pg_stat_statements order by total_exec_time desc limit $1",
-            limit,
-        )
-        return [dict(r) | {"ms": float(r["ms"]), "plan_ms": float(r["plan_ms"])} for r in rows]
     finally:
         await conn.close()
 
@@ -363,23 +312,6 @@ async def latencies(bootstrap: str, dsn: str) -> dict[str, Any]:
     }
 
 
-def start_worker(env: dict[str, str], log: Path, profile: str | None) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "segments.worker"]
-    if profile:  # py-spy's raw (collapsed) stacks
-        py_spy = os.environ.get("PY_SPY", str(Path(sys.executable).parent / "py-spy"))
-        command = [py_spy, "record", "-r", "200", "-f", "raw", "-o", profile, "--", *command]
-    with log.open("wb") as out:
-        return subprocess.Popen(command, env=os.environ | env, stdout=out, stderr=out)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     postgres = EmbeddedPostgres(tmp / "pg", free_port())
     broker = EmbeddedBroker(free_port(), log_path=tmp / "broker.log")
@@ -392,7 +324,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         upgrade("segments", url)
         asyncio.run(create_all(broker.bootstrap))
         if args.statements:
-            asyncio.run(enable_statement_stats(postgres))
+            asyncio.run(enable_statement_stats(postgres, "segments"))
         asyncio.run(add_rule_segment(dsn))
         env = {
             "SEGMENTS_DATABASE_URL": url,
@@ -403,7 +335,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         }
         if args.code:
             env["PYTHONPATH"] = args.code
-        worker = start_worker(env, tmp / "worker.log", args.profile)
+        worker = start("segments.worker", env, tmp / "worker.log", args.profile)
         try:
             asyncio.run(warm_up(broker.bootstrap, dsn))
             if args.statements:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, NamedTuple, TypeGuard
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.envelope import Envelope, new_event
+from shared.plain import PLAIN_DECIMAL, plain_time, text_between
 
 SOURCE = "cx.profiles"
 PROFILE_UPDATED = "profile.updated"
@@ -67,24 +67,6 @@ class Purchase(NamedTuple):
     total: Decimal
 
 
-# What ingest writes: RFC 3339 with at most microseconds and an offset, and plain decimal amounts.
-_PLAIN_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)", re.ASCII)
-_PLAIN_DECIMAL = re.compile(r"-?\d{1,20}(\.\d{1,12})?", re.ASCII)
-
-
-def _text(value: object, low: int, high: int) -> TypeGuard[str]:
-    return type(value) is str and low <= len(value) <= high
-
-
-def _plain_time(value: object) -> datetime | None:
-    if type(value) is not str or not _PLAIN_TIME.fullmatch(value):
-        return None
-    try:
-        return datetime.fromisoformat(value).astimezone(UTC)
-    except ValueError:
-        return None
-
-
 def _plain_purchase(data: dict[str, Any]) -> Purchase | None:
     """The same Purchase that PurchaseCompleted gives, for the shape every producer sends; None for
     anything else (pydantic decides then). ~1.5 us instead of ~7 us an event."""
@@ -92,15 +74,15 @@ def _plain_purchase(data: dict[str, Any]) -> Purchase | None:
     currency, channel, store_id = data.get("currency"), data.get("channel", "web"), data.get("store_id")
     items, total = data.get("items"), data.get("total")
     if not (
-        _text(order_id, 1, 128)
-        and _text(customer_id, 1, 128)
-        and _text(currency, 3, 3)
-        and _text(channel, 0, 32)
+        text_between(order_id, 1, 128)
+        and text_between(customer_id, 1, 128)
+        and text_between(currency, 3, 3)
+        and text_between(channel, 0, 32)
         and (store_id is None or type(store_id) is str)
         and type(items) is list
         and items
         and type(total) is str
-        and _PLAIN_DECIMAL.fullmatch(total)
+        and PLAIN_DECIMAL.fullmatch(total)
     ):
         return None
     lines = []
@@ -110,20 +92,22 @@ def _plain_purchase(data: dict[str, Any]) -> Purchase | None:
         sku, name, category = item.get("sku"), item.get("name"), item.get("category")
         quantity, price = item.get("quantity"), item.get("unit_price")
         if not (
-            _text(sku, 1, 128)
+            text_between(sku, 1, 128)
             and (name is None or type(name) is str)
-            and (category is None or _text(category, 0, 200))
+            and (category is None or text_between(category, 0, 200))
             and type(quantity) is int
             and quantity > 0
             and type(price) is str
-            and _PLAIN_DECIMAL.fullmatch(price)
+            and PLAIN_DECIMAL.fullmatch(price)
         ):
             return None
         lines.append(Line(sku, name, category, quantity, Decimal(price)))
-    occurred_at = _plain_time(at)
+    occurred_at = plain_time(at)
     if occurred_at is None:
         return None
-    return Purchase(order_id, customer_id, occurred_at, currency, channel, store_id, lines, Decimal(total))
+    return Purchase(
+        order_id, customer_id, occurred_at.astimezone(UTC), currency, channel, store_id, lines, Decimal(total)
+    )
 
 
 def parse_purchase(data: dict[str, Any]) -> Purchase:
@@ -185,10 +169,10 @@ def parse_points(data: dict[str, Any]) -> Points:
     """points.*'s data, validated as PointsChanged does (raises its ValidationError); the plain shape
     loyalty sends without pydantic."""
     customer_id, balance, entry_id = data.get("customer_id"), data.get("balance"), data.get("entry_id")
-    if _text(customer_id, 1, 128) and type(balance) is int and type(entry_id) is int:
-        at = _plain_time(data.get("occurred_at"))
+    if text_between(customer_id, 1, 128) and type(balance) is int and type(entry_id) is int:
+        at = plain_time(data.get("occurred_at"))
         if at is not None:
-            return Points(customer_id, balance, entry_id, at)
+            return Points(customer_id, balance, entry_id, at.astimezone(UTC))
     p = PointsChanged.model_validate(data)
     return Points(p.customer_id, p.balance, p.entry_id, p.occurred_at)
 

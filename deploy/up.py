@@ -56,6 +56,18 @@ WORKER_NICE = int(os.environ.get("CX_WORKER_NICE", "15"))
 EMBEDDED_BROKER_PARTITIONS = 2
 
 
+def _worker_settings(name: str, defaults: dict[str, dict[str, int]]) -> dict[str, str]:
+    """CX_<SETTING> for one service's worker: <SERVICE>_<SETTING> if set, else the service's default
+    here unless CX_<SETTING> is set for all."""
+    chosen = {}
+    for setting, per_service in defaults.items():
+        if own := os.environ.get(f"{name.upper()}_{setting}"):
+            chosen[f"CX_{setting}"] = own
+        elif name in per_service and f"CX_{setting}" not in os.environ:
+            chosen[f"CX_{setting}"] = str(per_service[name])
+    return chosen
+
+
 def _lower_priority() -> None:
     os.nice(WORKER_NICE)
 
@@ -133,7 +145,7 @@ class Platform:
         self.broker: EmbeddedBroker | None = None
         self.services: list[ServiceProcess] = []
         self.stopping = False
-        self.partitions = int(os.environ.get("CX_TOPIC_PARTITIONS", "6"))
+        self.partitions = 0  # known once the broker is (start_infrastructure)
 
     def start_infrastructure(self) -> tuple[dict[str, str], str]:
         urls = {s: os.environ.get(f"{s.upper()}_DATABASE_URL", "") for s in SERVICES}
@@ -152,9 +164,10 @@ class Platform:
             self.broker = EmbeddedBroker(BROKER_PORT, log_path=DATA / "logs" / "broker.log")
             self.broker.start()
             bootstrap = self.broker.bootstrap
-            self.partitions = int(os.environ.get("CX_TOPIC_PARTITIONS", EMBEDDED_BROKER_PARTITIONS))
         else:
             say(f"• Kafka: using {bootstrap}")
+        default = EMBEDDED_BROKER_PARTITIONS if self.broker is not None else 6
+        self.partitions = int(os.environ.get("CX_TOPIC_PARTITIONS", default))
         asyncio.run(create_all(bootstrap, self.partitions))
         say(f"• topics created ({self.partitions} partitions each)")
         for service in SERVICES:
@@ -180,14 +193,10 @@ class Platform:
             # the outbox and runs the jobs, so a consumer's burst of work never sits before a request.
             api_env = env | {"CX_API_ONLY": "true", f"{name.upper()}_API_PROCESSES": str(count)}
             worker_env = {k: v for k, v in env.items() if k != "CX_API_ONLY"}
-            if fetch_wait := os.environ.get(f"{name.upper()}_CONSUMER_FETCH_MAX_WAIT_MS"):
-                worker_env["CX_CONSUMER_FETCH_MAX_WAIT_MS"] = fetch_wait
-            elif name in DEFAULT_FETCH_WAIT_MS and "CX_CONSUMER_FETCH_MAX_WAIT_MS" not in os.environ:
-                worker_env["CX_CONSUMER_FETCH_MAX_WAIT_MS"] = str(DEFAULT_FETCH_WAIT_MS[name])
-            if interval := os.environ.get(f"{name.upper()}_CONSUMER_MIN_BATCH_INTERVAL_MS"):
-                worker_env["CX_CONSUMER_MIN_BATCH_INTERVAL_MS"] = interval
-            elif name in DEFAULT_MIN_BATCH_INTERVAL_MS and "CX_CONSUMER_MIN_BATCH_INTERVAL_MS" not in os.environ:
-                worker_env["CX_CONSUMER_MIN_BATCH_INTERVAL_MS"] = str(DEFAULT_MIN_BATCH_INTERVAL_MS[name])
+            worker_env |= _worker_settings(name, {
+                "CONSUMER_FETCH_MAX_WAIT_MS": DEFAULT_FETCH_WAIT_MS,
+                "CONSUMER_MIN_BATCH_INTERVAL_MS": DEFAULT_MIN_BATCH_INTERVAL_MS,
+            })  # fmt: skip
             processes = [ServiceProcess(name, api_env, DATA / "logs" / f"{name}.log") for _ in range(count)]
             processes.append(ServiceProcess(name, worker_env, DATA / "logs" / f"{name}-worker.log", module="worker"))
             for process in processes:

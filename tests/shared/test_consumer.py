@@ -47,6 +47,18 @@ def consumer(engine: AsyncEngine, handlers: dict[str, Any]) -> IdempotentConsume
     )
 
 
+def broker_consumer(platform: TestPlatform, topic: str, **options: Any) -> IdempotentConsumer:
+    """A consumer of `topic` on the real broker, with no handlers (its fetching and commits are tested)."""
+    return IdempotentConsumer(
+        name=f"test-{uuid.uuid4().hex[:8]}",
+        topics=[topic],
+        handlers={},
+        sessionmaker=async_sessionmaker(platform.engine("feedback")),
+        bootstrap_servers=platform.bootstrap,
+        **options,
+    )
+
+
 async def dead_letters(engine: AsyncEngine, consumer_name: str) -> list[str]:
     async with engine.connect() as conn:
         rows = await conn.execute(
@@ -172,13 +184,7 @@ async def test_rewind_reads_from_the_beginning_and_commits_it(platform: TestPlat
             await producer.send_and_wait(topic, event().encode(), key=b"cus-1")
     finally:
         await producer.stop()
-    worker = IdempotentConsumer(
-        name=f"test-{uuid.uuid4().hex[:8]}",
-        topics=[topic],
-        handlers={},
-        sessionmaker=async_sessionmaker(platform.engine("feedback")),
-        bootstrap_servers=platform.bootstrap,
-    )
+    worker = broker_consumer(platform, topic)
     client = worker._new_consumer()
     await client.start()
     try:
@@ -208,14 +214,7 @@ async def test_a_small_batch_soon_after_the_last_waits_and_takes_what_arrived(pl
     # gathers is what the fetches of the other partitions (and the one in flight) bring meanwhile.
     topic = f"test.linger.{uuid.uuid4().hex[:8]}.v1"
     await ensure_topics(platform.bootstrap, {topic: 2})
-    worker = IdempotentConsumer(
-        name=f"test-{uuid.uuid4().hex[:8]}",
-        topics=[topic],
-        handlers={},
-        sessionmaker=async_sessionmaker(platform.engine("feedback")),
-        bootstrap_servers=platform.bootstrap,
-        min_batch_interval_ms=3000,
-    )
+    worker = broker_consumer(platform, topic, min_batch_interval_ms=3000)
     producer = AIOKafkaProducer(bootstrap_servers=platform.bootstrap, acks="all", enable_idempotence=False)
     client = worker._new_consumer()
     await producer.start()
